@@ -1,0 +1,97 @@
+"""The backend protocol: one request in, one completion (or a stream of deltas) out.
+
+A backend only transports. It never retries, sleeps for rate limits or counts a budget:
+the engine does all of that, through the ``limiter`` the backend carries so that every
+caller of the same backend shares one set of limits.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+from ..limits import Limiter
+from ..types import Completion, Delta, Request
+
+__all__ = ["Backend", "BaseBackend", "Capabilities", "StreamItem", "estimate_tokens"]
+
+StreamItem = Delta | Completion
+"""A stream yields ``Delta`` pieces and ends with exactly one ``Completion``."""
+
+DEFAULT_COMPLETION_ESTIMATE = 512
+
+
+@dataclass(frozen=True, slots=True)
+class Capabilities:
+    """What a backend can do; strategies adapt their prompts to it."""
+
+    prefill: bool = False
+    """Can continue a prefilled assistant message (SoT forces ``1.`` this way)."""
+    logprobs: bool = False
+    """Returns per-token log-probabilities when asked."""
+    n: bool = True
+    """Returns several samples from one request."""
+
+
+@runtime_checkable
+class Backend(Protocol):
+    name: str
+    model: str
+    capabilities: Capabilities
+    limiter: Limiter
+
+    def estimate_tokens(self, request: Request) -> int: ...
+
+    async def complete(self, request: Request) -> Completion: ...
+
+    def stream(self, request: Request) -> AsyncIterator[StreamItem]: ...
+
+    async def aclose(self) -> None: ...
+
+
+def estimate_tokens(request: Request, *, chars_per_token: float = 4.0) -> int:
+    """A provider-style pre-call charge: prompt size plus ``n * max_tokens``."""
+    chars = sum(len(m.content) for m in request.messages) + len(request.prefill or "")
+    prompt = int(chars / chars_per_token) + 4 * len(request.messages)
+    completion = request.params.max_tokens or DEFAULT_COMPLETION_ESTIMATE
+    return prompt + request.params.n * completion
+
+
+class BaseBackend:
+    """Shared plumbing: the limiter, token estimates, async context management."""
+
+    name: str = "backend"
+    model: str = ""
+    capabilities: Capabilities = Capabilities()
+
+    def __init__(
+        self,
+        *,
+        max_concurrency: int | None = 64,
+        rpm: int | None = None,
+        tpm: int | None = None,
+        limiter: Limiter | None = None,
+    ) -> None:
+        self.limiter = limiter or Limiter(max_concurrency, rpm, tpm)
+
+    def estimate_tokens(self, request: Request) -> int:
+        return estimate_tokens(request)
+
+    async def complete(self, request: Request) -> Completion:
+        raise NotImplementedError
+
+    def stream(self, request: Request) -> AsyncIterator[StreamItem]:
+        raise NotImplementedError
+
+    async def aclose(self) -> None:
+        return None
+
+    async def __aenter__(self) -> BaseBackend:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(model={self.model!r})"

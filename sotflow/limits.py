@@ -1,0 +1,184 @@
+"""Limits shared by every call to one backend: in-flight cap, requests/min, tokens/min.
+
+A ``Limiter`` belongs to a backend, so every node of every run that talks to that
+backend, from any number of engines, waits in the same queues.
+
+Rates use a sliding window: at most ``rpm`` calls start, and at most ``tpm`` tokens
+are charged, in any ``window_s`` seconds. A call is charged an estimate when it starts
+(prompt tokens plus ``n * max_tokens``, as providers count it) and the charge is
+corrected to the real usage when it ends, so a generous ``max_tokens`` only holds
+capacity for as long as the call runs.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+import anyio
+import anyio.lowlevel
+
+from .errors import ConfigurationError
+
+__all__ = ["Limiter", "Ticket"]
+
+
+class _Entry:
+    __slots__ = ("amount", "at", "live")
+
+    def __init__(self, at: float, amount: int) -> None:
+        self.at = at
+        self.amount = amount
+        self.live = True
+
+
+class _Window:
+    """Amounts charged in the last ``window_s`` seconds, oldest first."""
+
+    def __init__(self, limit: int, window_s: float) -> None:
+        self.limit = limit
+        self.window_s = window_s
+        self.entries: deque[_Entry] = deque()
+        self.total = 0
+
+    def _expire(self, now: float) -> None:
+        horizon = now - self.window_s
+        while self.entries and self.entries[0].at <= horizon:
+            entry = self.entries.popleft()
+            entry.live = False
+            self.total -= entry.amount
+
+    def wait_s(self, amount: int, now: float) -> float:
+        """Seconds until ``amount`` more fits; 0 if it fits now.
+
+        A single charge larger than the whole limit is let through once the window is
+        empty: refusing it forever would hang the run.
+        """
+        self._expire(now)
+        if self.total + amount <= self.limit or not self.entries:
+            return 0.0
+        excess = self.total + amount - self.limit
+        freed = 0
+        for entry in self.entries:
+            freed += entry.amount
+            if freed >= excess:
+                return entry.at + self.window_s - now
+        return self.entries[-1].at + self.window_s - now
+
+    def charge(self, amount: int, now: float) -> _Entry:
+        entry = _Entry(now, amount)
+        self.entries.append(entry)
+        self.total += amount
+        return entry
+
+    def correct(self, entry: _Entry, amount: int) -> None:
+        if entry.live:
+            self.total += amount - entry.amount
+        entry.amount = amount
+
+
+@dataclass(slots=True)
+class Ticket:
+    """A granted slot; ``settle`` replaces the token estimate with the real count."""
+
+    _window: _Window | None
+    _entry: _Entry | None
+
+    def settle(self, tokens: int) -> None:
+        if self._window is not None and self._entry is not None:
+            self._window.correct(self._entry, max(0, tokens))
+
+
+class _LoopState:
+    """anyio primitives belong to one event loop; a sync wrapper may start another."""
+
+    __slots__ = ("lock", "semaphore", "token")
+
+    def __init__(self, token: object, max_concurrency: int | None) -> None:
+        self.token = token
+        self.semaphore = anyio.Semaphore(max_concurrency) if max_concurrency else None
+        self.lock = anyio.Lock()
+
+
+class Limiter:
+    """In-flight cap plus sliding-window request and token rates for one backend."""
+
+    def __init__(
+        self,
+        max_concurrency: int | None = 64,
+        rpm: int | None = None,
+        tpm: int | None = None,
+        *,
+        window_s: float = 60.0,
+    ) -> None:
+        for name, value in (("max_concurrency", max_concurrency), ("rpm", rpm), ("tpm", tpm)):
+            if value is not None and (not isinstance(value, int) or value < 1):
+                raise ConfigurationError(
+                    f"{name} must be a positive integer or None (no limit), got {value!r}"
+                )
+        if window_s <= 0:
+            raise ConfigurationError(f"window_s must be positive, got {window_s!r}")
+        self.max_concurrency = max_concurrency
+        self.rpm = rpm
+        self.tpm = tpm
+        self._requests = _Window(rpm, window_s) if rpm else None
+        self._tokens = _Window(tpm, window_s) if tpm else None
+        self._state: _LoopState | None = None
+        self.in_flight = 0
+        self.peak_in_flight = 0
+
+    def _loop_state(self) -> _LoopState:
+        token = anyio.lowlevel.current_token()
+        state = self._state
+        if state is None or state.token != token:
+            state = self._state = _LoopState(token, self.max_concurrency)
+        return state
+
+    async def _wait_for_rate(self, state: _LoopState, tokens: int) -> Ticket:
+        requests, window = self._requests, self._tokens
+        # One waiter at a time, in arrival order, so a big call is not starved by small ones.
+        async with state.lock:
+            while True:
+                now = anyio.current_time()
+                wait = 0.0
+                if requests is not None:
+                    wait = requests.wait_s(1, now)
+                if window is not None:
+                    wait = max(wait, window.wait_s(tokens, now))
+                if wait <= 0:
+                    break
+                await anyio.sleep(wait)
+            if requests is not None:
+                requests.charge(1, now)
+            if window is not None:
+                return Ticket(window, window.charge(tokens, now))
+        return Ticket(None, None)
+
+    @asynccontextmanager
+    async def slot(self, tokens: int = 0) -> AsyncIterator[Ticket]:
+        """Hold one in-flight slot and charge the rates for one call.
+
+        The slot is taken before the rate windows so a call is charged when it is
+        really about to be sent, not while it still queues for a slot.
+        """
+        state = self._loop_state()
+        semaphore = state.semaphore
+        if semaphore is not None:
+            await semaphore.acquire()
+        try:
+            if self._requests is not None or self._tokens is not None:
+                ticket = await self._wait_for_rate(state, tokens)
+            else:
+                ticket = Ticket(None, None)
+            self.in_flight += 1
+            if self.in_flight > self.peak_in_flight:
+                self.peak_in_flight = self.in_flight
+            try:
+                yield ticket
+            finally:
+                self.in_flight -= 1
+        finally:
+            if semaphore is not None:
+                semaphore.release()

@@ -1,0 +1,330 @@
+"""The data that flows between strategies, the engine and backends.
+
+Requests and completions are frozen dataclasses: they are built on the hot path, one or
+more per model call. What a user gets back (``Answer`` and its trace) is a pydantic
+model, so it validates, serialises to JSON and has a schema.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict
+
+__all__ = [
+    "Answer",
+    "Choice",
+    "Completion",
+    "Decision",
+    "Delta",
+    "ErrorInfo",
+    "Message",
+    "NodeTrace",
+    "Point",
+    "Request",
+    "Role",
+    "SamplingParams",
+    "TokenLogprob",
+    "Trace",
+    "Usage",
+]
+
+Role = Literal["system", "user", "assistant"]
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    role: Role
+    content: str
+
+    @classmethod
+    def system(cls, content: str) -> Message:
+        return cls("system", content)
+
+    @classmethod
+    def user(cls, content: str) -> Message:
+        return cls("user", content)
+
+    @classmethod
+    def assistant(cls, content: str) -> Message:
+        return cls("assistant", content)
+
+
+@dataclass(frozen=True, slots=True)
+class SamplingParams:
+    """Token-level decoding settings. ``None`` means "the backend's default"."""
+
+    max_tokens: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None
+    min_p: float | None = None
+    repetition_penalty: float | None = None
+    stop: tuple[str, ...] = ()
+    n: int = 1
+    seed: int | None = None
+    logprobs: bool = False
+    top_logprobs: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.n < 1:
+            raise ValueError(f"n must be at least 1, got {self.n}")
+        if self.max_tokens is not None and self.max_tokens < 1:
+            raise ValueError(f"max_tokens must be at least 1, got {self.max_tokens}")
+        if self.temperature is not None and self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if self.top_p is not None and not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if isinstance(self.stop, str):
+            object.__setattr__(self, "stop", (self.stop,))
+
+    def replace(self, **changes: Any) -> SamplingParams:
+        return dataclasses.replace(self, **changes)
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """One model call: the conversation, how to sample, and an optional prefill.
+
+    ``prefill`` is text the assistant's reply must start with. Backends that can
+    continue an assistant message send it as the start of the reply; the completion's
+    text is only what comes *after* the prefill.
+    """
+
+    messages: tuple[Message, ...]
+    params: SamplingParams = field(default_factory=SamplingParams)
+    prefill: str | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.messages, tuple):
+            object.__setattr__(self, "messages", tuple(self.messages))
+        if not self.messages:
+            raise ValueError("a Request needs at least one message")
+
+    @classmethod
+    def of(
+        cls,
+        prompt: str | Sequence[Message],
+        *,
+        system: str | None = None,
+        prefill: str | None = None,
+        **params: Any,
+    ) -> Request:
+        """Shorthand: ``Request.of("question", max_tokens=100, temperature=0)``."""
+        messages: list[Message] = [Message.system(system)] if system else []
+        if isinstance(prompt, str):
+            messages.append(Message.user(prompt))
+        else:
+            messages.extend(prompt)
+        return cls(tuple(messages), SamplingParams(**params), prefill)
+
+
+class Usage(BaseModel):
+    """Token counts. ``estimated`` is true when the server reported none and we counted."""
+
+    model_config = ConfigDict(frozen=True)
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    total_tokens: int = 0
+    estimated: bool = False
+
+    def __add__(self, other: Usage) -> Usage:
+        return Usage(
+            prompt_tokens=self.prompt_tokens + other.prompt_tokens,
+            completion_tokens=self.completion_tokens + other.completion_tokens,
+            total_tokens=self.total_tokens + other.total_tokens,
+            estimated=self.estimated or other.estimated,
+        )
+
+    @classmethod
+    def of(cls, prompt_tokens: int, completion_tokens: int, *, estimated: bool = False) -> Usage:
+        return cls(
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+            total_tokens=prompt_tokens + completion_tokens,
+            estimated=estimated,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class TokenLogprob:
+    token: str
+    logprob: float
+    top: tuple[tuple[str, float], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Choice:
+    index: int
+    text: str
+    finish_reason: str | None = None
+    logprobs: tuple[TokenLogprob, ...] | None = None
+
+    @property
+    def mean_logprob(self) -> float | None:
+        if not self.logprobs:
+            return None
+        return sum(t.logprob for t in self.logprobs) / len(self.logprobs)
+
+
+@dataclass(frozen=True, slots=True)
+class Completion:
+    """What one model call returned: one choice per sample (``n``)."""
+
+    choices: tuple[Choice, ...]
+    usage: Usage
+    model: str = ""
+
+    @property
+    def text(self) -> str:
+        return self.choices[0].text
+
+    @property
+    def finish_reason(self) -> str | None:
+        return self.choices[0].finish_reason
+
+
+@dataclass(frozen=True, slots=True)
+class Delta:
+    """A piece of streamed text for choice ``index``."""
+
+    text: str
+    index: int = 0
+
+
+class ErrorInfo(BaseModel):
+    """An error as data: its class name and message (never a secret)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    type: str
+    message: str
+
+    @classmethod
+    def of(cls, exc: BaseException) -> ErrorInfo:
+        return cls(type=type(exc).__name__, message=str(exc) or type(exc).__name__)
+
+
+class NodeTrace(BaseModel):
+    """What happened to one node of a run. Times are seconds from the run's start."""
+
+    id: str
+    kind: Literal["call", "step", "embed"]
+    status: Literal["ok", "failed", "cancelled"]
+    needs: list[str] = []
+    start_s: float | None = None
+    end_s: float | None = None
+    backend: str | None = None
+    model: str | None = None
+    usage: Usage | None = None
+    attempts: int = 0
+    error: ErrorInfo | None = None
+    meta: dict[str, Any] = {}
+
+    @property
+    def duration_s(self) -> float | None:
+        if self.start_s is None or self.end_s is None:
+            return None
+        return self.end_s - self.start_s
+
+
+class Trace(BaseModel):
+    """The record of one run: every node, in the order they started."""
+
+    run_id: str
+    strategy: str
+    started_at: float
+    duration_s: float = 0.0
+    nodes: list[NodeTrace] = []
+    warnings: list[str] = []
+
+    def node(self, node_id: str) -> NodeTrace:
+        for n in self.nodes:
+            if n.id == node_id:
+                return n
+        raise KeyError(node_id)
+
+    @property
+    def calls(self) -> list[NodeTrace]:
+        return [n for n in self.nodes if n.kind == "call"]
+
+    @property
+    def attempts(self) -> int:
+        return sum(n.attempts for n in self.nodes if n.kind == "call")
+
+    def critical_path_s(self, node_id: str | None = None) -> float:
+        """Length of the longest chain of calls that ends in ``node_id`` (or anywhere).
+
+        The ideal latency of a run whose every call started the moment its inputs were
+        ready: durations of calls summed along ``needs`` edges.
+        """
+        by_id = {n.id: n for n in self.nodes}
+        memo: dict[str, float] = {}
+
+        def longest(nid: str) -> float:
+            if nid in memo:
+                return memo[nid]
+            n = by_id[nid]
+            own = (n.duration_s or 0.0) if n.kind == "call" else 0.0
+            before = max((longest(d) for d in n.needs if d in by_id), default=0.0)
+            memo[nid] = own + before
+            return memo[nid]
+
+        if node_id is not None:
+            return longest(node_id)
+        return max((longest(n) for n in by_id), default=0.0)
+
+
+class Point(BaseModel):
+    """One point of a Skeleton-of-Thought answer."""
+
+    index: int
+    title: str
+    text: str = ""
+    needs: list[int] = []
+    start_s: float | None = None
+    end_s: float | None = None
+    usage: Usage | None = None
+
+
+class Decision(BaseModel):
+    """A router's choice for one question."""
+
+    model_config = ConfigDict(frozen=True)
+
+    strategy: str
+    confidence: float = 1.0
+    reason: str = ""
+    router: str = ""
+
+
+class Answer(BaseModel):
+    """The result of running a strategy on one question.
+
+    ``error`` is set (and ``text`` may be partial or empty) when the run failed; batch
+    runs return such an answer in the failed question's place instead of raising.
+    """
+
+    question: str
+    text: str = ""
+    strategy: str
+    usage: Usage = Usage()
+    latency_s: float = 0.0
+    trace: Trace | None = None
+    error: ErrorInfo | None = None
+    points: list[Point] | None = None
+    skeleton: str | None = None
+    decision: Decision | None = None
+    details: dict[str, Any] = {}
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    @property
+    def attempts(self) -> int:
+        return self.trace.attempts if self.trace else 0
