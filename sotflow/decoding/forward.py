@@ -1,0 +1,233 @@
+"""A lean forward pass for Llama-family decoders over a ``KVCache``.
+
+Why not call the Hugging Face module: a decode step here needs things its cache and mask
+plumbing make slow or awkward: rows at different lengths written at their own offsets,
+arbitrary per-token positions (window and tree tokens share positions), a block-level
+attention mask, and logits for only some positions. The arithmetic mirrors
+``transformers``' Llama (RMSNorm in float32, rotary embedding from its own ``inv_freq``),
+and greedy decoding is checked token-for-token against ``generate``.
+
+The weights are the Hugging Face module's own tensors: nothing is copied unless
+``fuse=True`` (q/k/v and gate/up concatenated so each layer does two fewer matmuls).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from .kv_cache import KVCache
+
+__all__ = ["SUPPORTED_MODEL_TYPES", "DecoderModel", "block_mask"]
+
+SUPPORTED_MODEL_TYPES = frozenset({"llama", "mistral", "qwen2"})
+
+
+@dataclass(slots=True)
+class _Layer:
+    qkv_w: list[torch.Tensor]
+    qkv_b: list[torch.Tensor | None]
+    o_w: torch.Tensor
+    o_b: torch.Tensor | None
+    gate_up_w: list[torch.Tensor]
+    down_w: torch.Tensor
+    ln_in: torch.Tensor
+    ln_post: torch.Tensor
+
+
+def _bias(linear: Any) -> torch.Tensor | None:
+    return linear.bias if getattr(linear, "bias", None) is not None else None
+
+
+class DecoderModel:
+    """The forward pass of a loaded ``transformers`` Llama/Mistral/Qwen2 causal LM."""
+
+    def __init__(self, hf_model: Any, *, fuse: bool = True) -> None:
+        config = hf_model.config
+        model_type = getattr(config, "model_type", "?")
+        if model_type not in SUPPORTED_MODEL_TYPES:
+            raise ValueError(
+                f"the local decoder supports {sorted(SUPPORTED_MODEL_TYPES)} models, "
+                f"not {model_type!r}"
+            )
+        if getattr(config, "use_sliding_window", False) and getattr(config, "sliding_window", None):
+            raise ValueError("sliding-window attention is not supported by the local decoder")
+        core = hf_model.model
+        self.hf_model = hf_model
+        self.n_layers = config.num_hidden_layers
+        self.n_heads = config.num_attention_heads
+        self.n_kv_heads = getattr(config, "num_key_value_heads", None) or self.n_heads
+        self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.n_heads
+        self.hidden_size = config.hidden_size
+        self.vocab_size = config.vocab_size
+        self.eps = float(config.rms_norm_eps)
+        self.max_positions = int(getattr(config, "max_position_embeddings", 2048))
+        self.embed = core.embed_tokens.weight
+        self.norm = core.norm.weight
+        self.lm_head = hf_model.lm_head.weight
+        self.lm_head_b = _bias(hf_model.lm_head)
+        rotary = core.rotary_emb
+        self.inv_freq = rotary.inv_freq.detach().float()  # [D/2]
+        self.rope_scaling = float(getattr(rotary, "attention_scaling", 1.0))
+        self.dtype = self.embed.dtype
+        self.device = self.embed.device
+        self.layers = [self._layer(layer, fuse) for layer in core.layers]
+
+    @staticmethod
+    def _layer(layer: Any, fuse: bool) -> _Layer:
+        attn, mlp = layer.self_attn, layer.mlp
+        qkv = [attn.q_proj, attn.k_proj, attn.v_proj]
+        gate_up = [mlp.gate_proj, mlp.up_proj]
+        if fuse:
+            biases = [_bias(m) for m in qkv]
+            fused_b = None if any(b is None for b in biases) else torch.cat(biases)  # type: ignore[arg-type]
+            return _Layer(
+                qkv_w=[torch.cat([m.weight for m in qkv]).detach()],
+                qkv_b=[fused_b],
+                o_w=attn.o_proj.weight,
+                o_b=_bias(attn.o_proj),
+                gate_up_w=[torch.cat([m.weight for m in gate_up]).detach()],
+                down_w=mlp.down_proj.weight,
+                ln_in=layer.input_layernorm.weight,
+                ln_post=layer.post_attention_layernorm.weight,
+            )
+        return _Layer(
+            qkv_w=[m.weight for m in qkv],
+            qkv_b=[_bias(m) for m in qkv],
+            o_w=attn.o_proj.weight,
+            o_b=_bias(attn.o_proj),
+            gate_up_w=[m.weight for m in gate_up],
+            down_w=mlp.down_proj.weight,
+            ln_in=layer.input_layernorm.weight,
+            ln_post=layer.post_attention_layernorm.weight,
+        )
+
+    def new_cache(self, rows: int = 1, capacity: int = 256) -> KVCache:
+        return KVCache(
+            layers=self.n_layers,
+            kv_heads=self.n_kv_heads,
+            head_dim=self.head_dim,
+            dtype=self.dtype,
+            device=self.device,
+            rows=rows,
+            capacity=min(capacity, self.max_positions),
+            max_capacity=self.max_positions,
+        )
+
+    def _rms(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        # Same order of operations as transformers' LlamaRMSNorm, for exact greedy parity.
+        h = x.to(torch.float32)
+        var = h.pow(2).mean(-1, keepdim=True)
+        h = h * torch.rsqrt(var + self.eps)
+        return weight * h.to(x.dtype)
+
+    def _rope(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        freqs = positions[..., None].float() * self.inv_freq.to(positions.device)  # [B, T, D/2]
+        emb = torch.cat((freqs, freqs), dim=-1)  # [B, T, D]
+        cos = (emb.cos() * self.rope_scaling).to(self.dtype)[:, None]  # [B, 1, T, D]
+        sin = (emb.sin() * self.rope_scaling).to(self.dtype)[:, None]
+        return cos, sin
+
+    @staticmethod
+    def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        half = x.shape[-1] // 2
+        rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+        return x * cos + rotated * sin
+
+    def _project(
+        self, x: torch.Tensor, ws: list[torch.Tensor], bs: list[torch.Tensor | None]
+    ) -> list[torch.Tensor]:
+        return [F.linear(x, w, b) for w, b in zip(ws, bs, strict=True)]
+
+    def forward(
+        self,
+        tokens: torch.Tensor,  # [B, T]
+        positions: torch.Tensor,  # [B, T]
+        cache: KVCache,
+        *,
+        row_start: int,
+        write_start: list[int],
+        mask: torch.Tensor,  # [B, 1, T, S] bool, True = may attend
+        logits_at: torch.Tensor | None = None,  # [B, K] indices into T, or None for all
+        compute_logits: bool = True,
+    ) -> torch.Tensor | None:
+        """Run ``tokens`` for cache rows ``row_start .. row_start+B-1``.
+
+        Row ``b``'s block is written to cache indices ``write_start[b] .. +T-1``; keys
+        ``0 .. S-1`` are read. Returns logits ``[B, T, V]`` (or ``[B, K, V]``).
+        """
+        B, T = tokens.shape
+        S = mask.shape[-1]
+        H, Hkv, D = self.n_heads, self.n_kv_heads, self.head_dim
+        cos, sin = self._rope(positions)
+        rows = slice(row_start, row_start + B)
+        same_start = all(w == write_start[0] for w in write_start)
+        if same_start:
+            w0 = write_start[0]
+            index = None
+        else:
+            starts = torch.tensor(write_start, device=tokens.device)
+            b_idx = torch.arange(row_start, row_start + B, device=tokens.device)[:, None]  # [B, 1]
+            t_idx = starts[:, None] + torch.arange(T, device=tokens.device)  # [B, T]
+            index = (b_idx, t_idx)
+        x = F.embedding(tokens, self.embed)  # [B, T, C]
+        for i, layer in enumerate(self.layers):
+            h = self._rms(x, layer.ln_in)
+            projected = self._project(h, layer.qkv_w, layer.qkv_b)
+            if len(projected) == 1:
+                q, k, v = projected[0].split([H * D, Hkv * D, Hkv * D], dim=-1)
+            else:
+                q, k, v = projected
+            q = q.view(B, T, H, D).transpose(1, 2)  # [B, H, T, D]
+            k = k.view(B, T, Hkv, D).transpose(1, 2)  # [B, Hkv, T, D]
+            v = v.view(B, T, Hkv, D).transpose(1, 2)
+            q = self._rotate(q, cos, sin)
+            k = self._rotate(k, cos, sin)
+            kc, vc = cache.keys[i], cache.values[i]  # [R, Hkv, C, D]
+            if index is None:
+                kc[rows, :, w0 : w0 + T] = k
+                vc[rows, :, w0 : w0 + T] = v
+            else:
+                kc[index[0], :, index[1]] = k.transpose(1, 2)  # [B, T, Hkv, D]
+                vc[index[0], :, index[1]] = v.transpose(1, 2)
+            attn = F.scaled_dot_product_attention(
+                q, kc[rows, :, :S], vc[rows, :, :S], attn_mask=mask, enable_gqa=Hkv != H
+            )  # [B, H, T, D]
+            attn = attn.transpose(1, 2).reshape(B, T, H * D)
+            x = x + F.linear(attn, layer.o_w, layer.o_b)
+            h = self._rms(x, layer.ln_post)
+            parts = self._project(h, layer.gate_up_w, [None] * len(layer.gate_up_w))
+            if len(parts) == 1:
+                gate, up = parts[0].chunk(2, dim=-1)
+            else:
+                gate, up = parts
+            x = x + F.linear(F.silu(gate) * up, layer.down_w)
+        if not compute_logits:
+            return None
+        if logits_at is not None:
+            x = x.gather(1, logits_at[..., None].expand(-1, -1, x.shape[-1]))  # [B, K, C]
+        x = self._rms(x, self.norm)
+        return F.linear(x, self.lm_head, self.lm_head_b)  # [B, T|K, V]
+
+
+def block_mask(
+    write_start: list[int],
+    inner: torch.Tensor,  # [B, T, T] bool: which block tokens each block token sees
+    device: torch.device | str = "cpu",
+) -> torch.Tensor:
+    """The attention mask for blocks written at per-row offsets: ``[B, 1, T, S]``.
+
+    A block token sees every committed entry of its own row (indices below its row's
+    ``write_start``) and the block tokens ``inner`` allows; nothing past the block.
+    """
+    B, T, _ = inner.shape
+    starts = torch.tensor(write_start, device=device)  # [B]
+    S = int(max(write_start)) + T
+    rel = torch.arange(S, device=device)[None, :] - starts[:, None]  # [B, S]
+    committed = rel < 0  # [B, S]
+    in_block = (rel >= 0) & (rel < T)
+    picked = inner.gather(2, rel.clamp(0, T - 1)[:, None, :].expand(B, T, S))  # [B, T, S]
+    return (committed[:, None, :] | (in_block[:, None, :] & picked))[:, None]  # [B, 1, T, S]
