@@ -1,0 +1,92 @@
+"""Tiny random models and a byte-level tokenizer for tests: built in memory, no download.
+
+A random model with the default initialisation has nearly flat logits, and float
+rounding then decides its argmax: useless for exactness checks. ``tiny_llama`` scales
+the initialisation up so the argmax is decisive, while the output still varies with
+the prompt.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+__all__ = ["CHATML_TEMPLATE", "byte_tokenizer", "tiny_llama"]
+
+CHATML_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def tiny_llama(
+    *,
+    seed: int = 0,
+    vocab_size: int = 258,
+    hidden_size: int = 64,
+    layers: int = 2,
+    heads: int = 4,
+    kv_heads: int = 2,
+    init_std: float = 0.15,
+    max_positions: int = 512,
+    eos_token_id: int | None = None,
+) -> Any:
+    """A float32 ``LlamaForCausalLM`` with random weights, deterministic for ``seed``."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=hidden_size,
+        intermediate_size=hidden_size * 2,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=kv_heads,
+        max_position_embeddings=max_positions,
+        initializer_range=init_std,
+        eos_token_id=eos_token_id,
+        bos_token_id=None,
+        pad_token_id=None,
+        tie_word_embeddings=False,
+    )
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(config).to(torch.float32).eval()
+    if model.generation_config is not None:
+        model.generation_config.eos_token_id = eos_token_id
+        model.generation_config.pad_token_id = eos_token_id
+    return model
+
+
+def _byte_alphabet() -> list[str]:
+    # The GPT-2 byte-to-printable mapping: printable bytes map to themselves, the rest
+    # to unused code points, so every byte is one visible vocabulary entry.
+    printable = (
+        list(range(ord("!"), ord("~") + 1))
+        + list(range(ord("¡"), ord("¬") + 1))
+        + list(range(ord("®"), ord("ÿ") + 1))
+    )
+    chars = {b: chr(b) for b in printable}
+    extra = 0
+    for b in range(256):
+        if b not in chars:
+            chars[b] = chr(256 + extra)
+            extra += 1
+    return [chars[b] for b in range(256)]
+
+
+def byte_tokenizer() -> Any:
+    """A byte-level tokenizer: ids 0-255 are bytes, 256 is ``<|im_end|>`` (also EOS) and
+    257 is ``<|im_start|>``; it carries a ChatML chat template."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {ch: i for i, ch in enumerate(_byte_alphabet())}
+    core = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    core.decoder = decoders.ByteLevel()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=core)
+    tokenizer.add_special_tokens(
+        {"additional_special_tokens": ["<|im_start|>", "<|im_end|>"], "eos_token": "<|im_end|>"}
+    )
+    tokenizer.chat_template = CHATML_TEMPLATE
+    return tokenizer
