@@ -75,6 +75,9 @@ class DecoderModel:
         self.dtype = self.embed.dtype
         self.device = self.embed.device
         self.layers = [self._layer(layer, fuse) for layer in core.layers]
+        self.scale = self.head_dim**-0.5
+        self.small_block = 64
+        """Blocks up to this many tokens use matmul attention instead of the SDPA kernel."""
 
     @staticmethod
     def _layer(layer: Any, fuse: bool) -> _Layer:
@@ -137,6 +140,23 @@ class DecoderModel:
         rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
         return x * cos + rotated * sin
 
+    def _attend(
+        self,
+        q: torch.Tensor,  # [B, H, T, D]
+        k: torch.Tensor,  # [B, Hkv, S, D]
+        v: torch.Tensor,  # [B, Hkv, S, D]
+        mask: torch.Tensor,  # [B, 1, T, S] bool
+        bias: torch.Tensor | None,  # [B, 1, G*T, S] additive, for short blocks
+    ) -> torch.Tensor:
+        B, H, T, D = q.shape
+        Hkv = k.shape[1]
+        if bias is None:
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=Hkv != H)
+        grouped = q.reshape(B, Hkv, (H // Hkv) * T, D)  # heads kv*G+g share kv head kv
+        scores = torch.matmul(grouped, k.transpose(-1, -2)) * self.scale  # [B, Hkv, G*T, S]
+        probs = torch.softmax(scores.float() + bias, dim=-1).to(q.dtype)
+        return torch.matmul(probs, v).reshape(B, H, T, D)  # [B, H, T, D]
+
     def _project(
         self, x: torch.Tensor, ws: list[torch.Tensor], bs: list[torch.Tensor | None]
     ) -> list[torch.Tensor]:
@@ -173,6 +193,15 @@ class DecoderModel:
             b_idx = torch.arange(row_start, row_start + B, device=tokens.device)[:, None]  # [B, 1]
             t_idx = starts[:, None] + torch.arange(T, device=tokens.device)  # [B, T]
             index = (b_idx, t_idx)
+        # Decode blocks are short: a plain matmul attention beats the flash kernel there,
+        # and grouping the query heads of each key/value head avoids repeating K and V.
+        bias = None
+        if T <= self.small_block:
+            bias = torch.zeros(mask.shape, dtype=torch.float32, device=mask.device)
+            bias = bias.masked_fill(~mask, float("-inf"))  # [B, 1, T, S]
+            group = H // Hkv
+            if group > 1:
+                bias = bias[:, :, None].expand(B, 1, group, T, S).reshape(B, 1, group * T, S)
         x = F.embedding(tokens, self.embed)  # [B, T, C]
         for i, layer in enumerate(self.layers):
             h = self._rms(x, layer.ln_in)
@@ -193,9 +222,7 @@ class DecoderModel:
             else:
                 kc[index[0], :, index[1]] = k.transpose(1, 2)  # [B, T, Hkv, D]
                 vc[index[0], :, index[1]] = v.transpose(1, 2)
-            attn = F.scaled_dot_product_attention(
-                q, kc[rows, :, :S], vc[rows, :, :S], attn_mask=mask, enable_gqa=Hkv != H
-            )  # [B, H, T, D]
+            attn = self._attend(q, kc[rows, :, :S], vc[rows, :, :S], mask, bias)  # [B, H, T, D]
             attn = attn.transpose(1, 2).reshape(B, T, H * D)
             x = x + F.linear(attn, layer.o_w, layer.o_b)
             h = self._rms(x, layer.ln_post)
