@@ -28,7 +28,9 @@ from sotflow.testing import LoopbackServer
 BODY = {"model": "loopback", "messages": [{"role": "user", "content": "hello [[tokens=8]]"}]}
 
 
-async def timed_many(fn: Callable[[], Awaitable[int]], total: int, in_flight: int) -> tuple[float, int]:
+async def timed_many(
+    fn: Callable[[], Awaitable[int]], total: int, in_flight: int
+) -> tuple[float, int]:
     """Run ``fn`` ``total`` times with ``in_flight`` at once; seconds and units counted."""
     semaphore = anyio.Semaphore(in_flight)
     counted = 0
