@@ -45,8 +45,11 @@ from .events import (
 from .graph import Call, Embed, Expand, Graph, NodeContext, Outcome, Part, Result, Step
 from .limits import Limiter
 from .retry import RetryPolicy
+from .routing.llm import LLMRouter
 from .strategies.base import BuildContext, Strategy
 from .strategies.direct import Direct
+from .strategies.routed import Routed
+from .strategies.skeleton import SkeletonOfThought
 from .types import (
     Answer,
     Choice,
@@ -95,6 +98,7 @@ __all__ = [
     "Fail",
     "Graph",
     "GraphError",
+    "LLMRouter",
     "Limiter",
     "MalformedResponseError",
     "Message",
@@ -115,11 +119,13 @@ __all__ = [
     "Result",
     "RetryPolicy",
     "Retrying",
+    "Routed",
     "RunFinished",
     "RunStarted",
     "SamplingParams",
     "ScriptedBackend",
     "ServerError",
+    "SkeletonOfThought",
     "SotflowError",
     "Step",
     "Strategy",

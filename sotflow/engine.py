@@ -158,6 +158,10 @@ class _Context:
     def warn(self, message: str) -> None:
         self._run.warnings.append(f"{self._state.full_id}: {message}")
 
+    def trace(self, node_id: str) -> NodeTrace | None:
+        state = self._run.states.get(self._state.ns + node_id)
+        return self._run.node_trace(state) if state is not None else None
+
 
 class _AnswerReader:
     """Releases answer parts in key order while later parts are still being written."""

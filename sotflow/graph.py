@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from .errors import GraphError
-from .types import Completion, Decision, Point, Request
+from .types import Completion, Decision, NodeTrace, Point, Request
 
 if TYPE_CHECKING:
     from .backends.base import Backend
@@ -88,6 +88,8 @@ class NodeContext(Protocol):
     def pending(self, prefix: str = "") -> list[str]: ...
 
     def warn(self, message: str) -> None: ...
+
+    def trace(self, node_id: str) -> NodeTrace | None: ...
 
 
 RequestBuilder = Callable[[NodeContext], Request]
