@@ -3,7 +3,8 @@
 Accepted: ``1.``, ``1)``, ``(1)``, ``**1.**``, ``Step 1:``, bullets before numbers,
 blank lines, chatter before or after the list. Numbers inside text (``version 3.8``)
 and numbered sub-points deeper than the list are not points. The first occurrence of
-each number wins; points are renumbered 1..k in order of appearance. A list without
+each number wins, a title repeated word for word is dropped, and points are renumbered
+1..k in order of appearance. A list without
 any numbers falls back to its bullet lines. With dependencies on, a trailing mark
 such as ``(needs 2, 3)`` becomes edges; unknown references and edges that would close
 a cycle are dropped, each with a warning.
@@ -147,6 +148,10 @@ def parse_outline(text: str, *, max_points: int = 10, dependencies: bool = False
         title = _clean_title(line)
         if not title:
             warnings.append(f"dropped point {number}: it has no words")
+            continue
+        if title.casefold() in (t.casefold() for t in titles):
+            # Small models repeat themselves; a repeated point would be written twice.
+            warnings.append(f"dropped point {number}: it repeats {title!r}")
             continue
         renumber[number] = len(titles) + 1
         titles.append(title)

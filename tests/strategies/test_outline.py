@@ -68,6 +68,18 @@ def test_first_occurrence_of_a_number_wins_and_is_recorded() -> None:
     assert any("second point numbered 2" in w for w in outline.warnings)
 
 
+def test_repeated_titles_are_dropped_and_later_points_renumbered() -> None:
+    outline = parse_outline(
+        "1. Safety\n2. Price\n3. safety.\n4. Reputation (needs 2)", dependencies=True
+    )
+    assert [(p.index, p.title, p.needs) for p in outline.points] == [
+        (1, "Safety", ()),
+        (2, "Price", ()),
+        (3, "Reputation", (2,)),
+    ]
+    assert any("repeats 'Safety'" in w for w in outline.warnings)
+
+
 def test_a_list_of_ones_is_a_single_point() -> None:
     # Markdown renders "1. 1. 1." as 1, 2, 3, but as text it is one numbered point.
     assert titles("1. Alpha\n1. Beta\n1. Gamma") == ["Alpha"]
