@@ -149,9 +149,10 @@ def parse_outline(text: str, *, max_points: int = 10, dependencies: bool = False
         if not title:
             warnings.append(f"dropped point {number}: it has no words")
             continue
-        if title.casefold() in (t.casefold() for t in titles):
+        earlier = next((t for t in titles if t.casefold() == title.casefold()), None)
+        if earlier is not None:
             # Small models repeat themselves; a repeated point would be written twice.
-            warnings.append(f"dropped point {number}: it repeats {title!r}")
+            warnings.append(f"dropped point {number}: it repeats {earlier!r}")
             continue
         renumber[number] = len(titles) + 1
         titles.append(title)
