@@ -7,7 +7,7 @@ the caller runs whatever ``decision.strategy`` names.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Final, Literal, Protocol, runtime_checkable
 
 import anyio
@@ -23,6 +23,7 @@ __all__ = [
     "SOT_DAG",
     "Label",
     "Router",
+    "SyncRouter",
     "check_question",
     "decide_many",
     "decide_sync",
@@ -49,6 +50,25 @@ class Router(Protocol):
     name: str
 
     async def decide(self, question: str) -> Decision: ...
+
+
+class SyncRouter:
+    """Base for routers that decide in-process without waiting on anything.
+
+    Subclasses implement ``classify``; ``decide`` and ``decide_many`` call it directly,
+    since a few microseconds of CPU work gains nothing from a worker thread.
+    """
+
+    name: str = "sync"
+
+    def classify(self, question: str) -> Decision:
+        raise NotImplementedError
+
+    async def decide(self, question: str) -> Decision:
+        return self.classify(question)
+
+    async def decide_many(self, questions: Sequence[str]) -> list[Decision]:
+        return [self.classify(q) for q in questions]
 
 
 def check_question(question: object) -> str:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import math
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -266,7 +265,7 @@ class EmbeddingRouter:
         )
         return Decision(
             strategy=self.weights.labels[best],
-            confidence=round(probs[best], 3) if math.isfinite(probs[best]) else 0.0,
+            confidence=round(probs[best], 3),
             reason=f"MiniLM + softmax classifier: {shown}",
             router=self.name,
         )

@@ -9,7 +9,7 @@ decision counts as ``"direct"``: it is how a router opts math out of SoT).
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -94,9 +94,8 @@ def score_decisions(decisions: Sequence[Decision], gold: Sequence[Labelled]) -> 
     """Compare decisions with labels, pairwise; both sequences must have the same length."""
     if len(decisions) != len(gold) or not gold:
         raise ValueError(f"need as many decisions as labels, got {len(decisions)} and {len(gold)}")
-    pairs: Iterable[tuple[Decision, Labelled]] = zip(decisions, gold, strict=True)
     tp = fp = fn = tn = right3 = 0
-    for d, g in pairs:
+    for d, g in zip(decisions, gold, strict=True):
         said = d.strategy == SOT
         tp += said and g.sot
         fp += said and not g.sot

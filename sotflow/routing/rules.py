@@ -1,4 +1,5 @@
-"""A model-free router: a few dozen weighted regular expressions, microseconds a question.
+"""A model-free router: a few dozen weighted regular expressions, well under a millisecond
+a question.
 
 Every rule votes for one label with a weight; the label with the most weight wins, and
 the reason names the rules that carried it. Rules are small on purpose, so a wrong
@@ -19,7 +20,7 @@ from typing import Final
 
 from ..errors import ConfigurationError
 from ..types import Decision
-from .base import DIRECT, SELF_CONSISTENCY, SOT, SOT_DAG, Label, check_question
+from .base import DIRECT, SELF_CONSISTENCY, SOT, SOT_DAG, Label, SyncRouter, check_question
 
 __all__ = ["RULES", "KeywordBaseline", "Rule", "RuleRouter", "Verdict", "normalise", "score"]
 
@@ -32,12 +33,12 @@ class Rule:
     label: Label
     weight: float
     pattern: re.Pattern[str]
-    math: bool = False
-    """A numeric problem (math or Fermi estimate): ``math_strategy`` may take it."""
+    numeric: bool = False
+    """Marks a numeric problem (math or Fermi estimate): ``math_strategy`` may take it."""
 
 
-def _rule(name: str, label: Label, weight: float, pattern: str, *, math: bool = False) -> Rule:
-    return Rule(name, label, weight, re.compile(pattern), math)
+def _rule(name: str, label: Label, weight: float, pattern: str, *, numeric: bool = False) -> Rule:
+    return Rule(name, label, weight, re.compile(pattern), numeric)
 
 
 # Sentence start: the beginning, or just after a full stop / question mark / colon, so
@@ -252,7 +253,7 @@ RULES: Final[tuple[Rule, ...]] = (
         4.0,
         r"\d\s*[+*/^×÷=<>]\s*\(?-?\d|\d\s+-\s+\d|\d\s*%|\^\s*\d"
         r"|\b(?:[a-z]\([a-z]\)|\d+[a-z]\s*[-+=]|\d+ times \d)",
-        math=True,
+        numeric=True,
     ),
     _rule(
         "math-words",
@@ -261,7 +262,7 @@ RULES: Final[tuple[Rule, ...]] = (
         r"\b(?:solve|derivative|integrate|integral|probability|equation|least common multiple"
         r"|greatest common (?:divisor|factor)|prime factors?|square root|hypotenuse|area of"
         r"|perimeter|volume of|prove that|how old is|in how many ways|sum of all)\b",
-        math=True,
+        numeric=True,
     ),
     _rule(
         "numbers-question",
@@ -270,7 +271,7 @@ RULES: Final[tuple[Rule, ...]] = (
         # Anchored, and digits found without backtracking: linear on long input.
         r"^(?=\D*\d\D*\d)(?=.*\b(?:how (?:much|long|many)|what (?:was|is|will|would)|when (?:does"
         r"|will)|worth|cost|convert|split)\b)",
-        math=True,
+        numeric=True,
     ),
     _rule(
         "fermi",
@@ -279,7 +280,7 @@ RULES: Final[tuple[Rule, ...]] = (
         _S + r"estimate\b|\b(?:estimate (?:how|the number|the amount)|(?:explain|show) your"
         r" reasoning|how long would it take)\b"
         r"|^(?:roughly |about |approximately )?how (?:many|much)\b",
-        math=True,
+        numeric=True,
     ),
     _rule(
         "code-task",
@@ -424,7 +425,7 @@ class Verdict:
     label: Label
     scores: dict[Label, float]
     fired: tuple[Rule, ...]
-    math: bool
+    numeric: bool
 
 
 def score(question: str, rules: Sequence[Rule] = RULES) -> Verdict:
@@ -436,11 +437,11 @@ def score(question: str, rules: Sequence[Rule] = RULES) -> Verdict:
         scores[r.label] += r.weight
     # Order breaks ties: direct first, then sot-dag, then sot.
     label = max((DIRECT, SOT_DAG, SOT), key=lambda lab: scores[lab])
-    is_math = label == DIRECT and any(r.math for r in fired)
-    return Verdict(label, scores, fired, is_math)
+    numeric = label == DIRECT and any(r.numeric for r in fired)
+    return Verdict(label, scores, fired, numeric)
 
 
-class RuleRouter:
+class RuleRouter(SyncRouter):
     """Hand-written weighted rules; no model, no I/O. The default router.
 
     ``math_strategy`` is the strategy for numeric problems (math, Fermi estimates):
@@ -461,7 +462,7 @@ class RuleRouter:
         """The synchronous core of ``decide``: a few dozen regex searches."""
         verdict = score(question, self.rules)
         strategy: str = verdict.label
-        if verdict.math and self.math_strategy != DIRECT:
+        if verdict.numeric and self.math_strategy != DIRECT:
             strategy = self.math_strategy
         return Decision(
             strategy=strategy,
@@ -469,12 +470,6 @@ class RuleRouter:
             reason=_reason(verdict),
             router=self.name,
         )
-
-    async def decide(self, question: str) -> Decision:
-        return self.classify(question)
-
-    async def decide_many(self, questions: Sequence[str]) -> list[Decision]:
-        return [self.classify(q) for q in questions]
 
 
 def _confidence(verdict: Verdict) -> float:
@@ -492,12 +487,12 @@ def _reason(verdict: Verdict) -> str:
     text = f"{verdict.label}: " + ", ".join(f"{r.name} (+{r.weight:g})" for r in winners)
     if others:
         text += "; against: " + ", ".join(f"{r.name} ({r.label} +{r.weight:g})" for r in others)
-    if verdict.math:
+    if verdict.numeric:
         text += "; numeric problem"
     return text
 
 
-class KeywordBaseline:
+class KeywordBaseline(SyncRouter):
     """The one-line keyword regex a router has to beat: list words mean SoT."""
 
     name: str = "keyword-baseline"
@@ -514,9 +509,3 @@ class KeywordBaseline:
                 strategy=SOT, confidence=0.5, reason=f"keyword {hit.group(0)!r}", router=self.name
             )
         return Decision(strategy=DIRECT, confidence=0.5, reason="no keyword", router=self.name)
-
-    async def decide(self, question: str) -> Decision:
-        return self.classify(question)
-
-    async def decide_many(self, questions: Sequence[str]) -> list[Decision]:
-        return [self.classify(q) for q in questions]
