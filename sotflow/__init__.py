@@ -45,7 +45,7 @@ from .events import (
 from .graph import Call, Embed, Expand, Graph, NodeContext, Outcome, Part, Result, Step
 from .limits import Limiter
 from .retry import RetryPolicy
-from .routing.llm import LLMRouter
+from .routing import EmbeddingRouter, KeywordBaseline, LLMRouter, Router, RuleRouter
 from .strategies.base import BuildContext, Strategy
 from .strategies.direct import Direct
 from .strategies.routed import Routed
@@ -90,6 +90,7 @@ __all__ = [
     "Delta",
     "Direct",
     "Embed",
+    "EmbeddingRouter",
     "Engine",
     "ErrorInfo",
     "Event",
@@ -98,6 +99,7 @@ __all__ = [
     "Fail",
     "Graph",
     "GraphError",
+    "KeywordBaseline",
     "LLMRouter",
     "Limiter",
     "MalformedResponseError",
@@ -120,6 +122,8 @@ __all__ = [
     "RetryPolicy",
     "Retrying",
     "Routed",
+    "Router",
+    "RuleRouter",
     "RunFinished",
     "RunStarted",
     "SamplingParams",

