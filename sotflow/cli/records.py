@@ -78,22 +78,32 @@ def read_items(path: str) -> list[InputItem]:
         try:
             data = json.loads(raw)
         except ValueError as exc:
-            items.append(InputItem(number, number, None, problem=f"line {number}: not valid JSON ({exc})"))
+            items.append(
+                InputItem(number, number, None, problem=f"line {number}: not valid JSON ({exc})")
+            )
             continue
         if not isinstance(data, dict):
-            items.append(InputItem(number, number, None, problem=f"line {number}: expected a JSON object"))
+            items.append(
+                InputItem(number, number, None, problem=f"line {number}: expected a JSON object")
+            )
             continue
         item_id = data.pop("id", number)
         if item_id is None or isinstance(item_id, dict | list):
             items.append(
-                InputItem(number, number, None, data, f"line {number}: 'id' must be a string or a number")
+                InputItem(
+                    number, number, None, data, f"line {number}: 'id' must be a string or a number"
+                )
             )
             continue
         question = data.pop("question", None)
         if question is None:
             question = data.pop("prompt", None)
         if not isinstance(question, str) or not question.strip():
-            what = "has no 'question' (or 'prompt')" if question is None else "has an empty or non-text question"
+            what = (
+                "has no 'question' (or 'prompt')"
+                if question is None
+                else "has an empty or non-text question"
+            )
             items.append(InputItem(item_id, number, None, data, f"line {number}: {what}"))
             continue
         items.append(InputItem(item_id, number, question, data))
