@@ -426,9 +426,10 @@ class _Run:
             return  # cancelled while it ran; its value is no longer wanted
         if isinstance(value, Expand):
             self.warnings.extend(f"{state.full_id}: {w}" for w in value.warnings)
+            # Finish first, so events read "skeleton finished" before its points start.
+            self.finish(state, Outcome("ok", value.value))
             if value.add:
                 self.add(value.add, state.ns, state.part_base)
-            self.finish(state, Outcome("ok", value.value))
             for node_id in value.cancel:
                 self.cancel(state.ns + node_id)
         else:

@@ -34,7 +34,7 @@ class _ServerAskedOrBackoff(wait_base):
     def __init__(self, policy: RetryPolicy) -> None:
         self._cap = policy.max_wait_s
         self._backoff = wait_exponential_jitter(
-            initial=policy.initial_wait_s,
+            multiplier=policy.initial_wait_s,
             max=policy.max_wait_s,
             exp_base=policy.exp_base,
             jitter=policy.jitter_s,
