@@ -125,6 +125,32 @@ class _Failure:
         self.error = error
 
 
+class _Collected:
+    """What a run handed back: its answer, or the exception it failed with."""
+
+    __slots__ = ("answer", "failure")
+
+    def __init__(self) -> None:
+        self.answer: Answer | None = None
+        self.failure: BaseException | None = None
+
+    def take(self, item: Any) -> tuple[str, dict[str, Any]] | None:
+        """Record a final item; for a node or retry event, the custom event to publish."""
+        if isinstance(item, _Failure):
+            self.failure = item.error
+            return None
+        if isinstance(item, RunFinished):
+            self.answer = item.answer
+            return None
+        return _custom(item)
+
+    def result(self, output: str) -> Any:
+        if self.failure is not None:
+            raise self.failure
+        assert self.answer is not None
+        return self.answer.text if output == "text" else self.answer
+
+
 class SotflowRunnable(Runnable[Any, Any]):
     """Run a sotflow strategy as one step of a LangChain pipeline."""
 
@@ -161,9 +187,6 @@ class SotflowRunnable(Runnable[Any, Any]):
     def OutputType(self) -> Any:
         return str if self.output == "text" else Answer
 
-    def _result(self, answer: Answer) -> Any:
-        return answer.text if self.output == "text" else answer
-
     # -- async -------------------------------------------------------------------------
 
     async def _produce(self, question: str, put: Any) -> None:
@@ -183,29 +206,12 @@ class SotflowRunnable(Runnable[Any, Any]):
                     await self._produce(question, send.send_nowait)
 
             tg.start_soon(produce)
-            answer, failure = None, None
+            collected = _Collected()
             async with receive:
                 async for item in receive:
-                    answer, failure = await self._handle_async(item, config, answer, failure)
-        return self._finish(answer, failure)
-
-    async def _handle_async(
-        self, item: Any, config: RunnableConfig, answer: Any, failure: Any
-    ) -> tuple[Any, Any]:
-        if isinstance(item, _Failure):
-            return answer, item.error
-        if isinstance(item, RunFinished):
-            return item.answer, failure
-        custom = _custom(item)
-        if custom is not None:
-            await adispatch_custom_event(*custom, config=config)
-        return answer, failure
-
-    def _finish(self, answer: Answer | None, failure: BaseException | None) -> Any:
-        if failure is not None:
-            raise failure
-        assert answer is not None
-        return self._result(answer)
+                    if custom := collected.take(item):
+                        await adispatch_custom_event(*custom, config=config)
+        return collected.result(self.output)
 
     async def ainvoke(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any) -> Any:
         return await self._acall_with_config(self._ainvoke_with_config, input, config, **kwargs)
@@ -239,24 +245,23 @@ class SotflowRunnable(Runnable[Any, Any]):
         # LangChain advances this generator from a new task at each step, so nothing
         # here may hold a task group across a yield: the run gets a task of its own.
         task = asyncio.get_running_loop().create_task(produce())
-        answer, failure = None, None
+        collected = _Collected()
         try:
             async with receive:
                 async for item in receive:
                     if isinstance(item, AnswerDelta):
                         if self.output == "text":
                             yield item.text
-                        continue
-                    answer, failure = await self._handle_async(item, config, answer, failure)
+                    elif custom := collected.take(item):
+                        await adispatch_custom_event(*custom, config=config)
         finally:
             if not task.done():
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-        if failure is not None:
-            raise failure
-        if self.output == "answer" and answer is not None:
-            yield answer
+        result = collected.result(self.output)
+        if self.output == "answer":
+            yield result
 
     # -- sync: one background event loop for every sync call ---------------------------
 
@@ -283,22 +288,11 @@ class SotflowRunnable(Runnable[Any, Any]):
         question = to_question(value)
         events: list[Any] = []
         self.portal().call(self._produce, question, events.append)
-        answer, failure = None, None
+        collected = _Collected()
         for item in events:
-            answer, failure = self._handle_sync(item, config, answer, failure)
-        return self._finish(answer, failure)
-
-    def _handle_sync(
-        self, item: Any, config: RunnableConfig, answer: Any, failure: Any
-    ) -> tuple[Any, Any]:
-        if isinstance(item, _Failure):
-            return answer, item.error
-        if isinstance(item, RunFinished):
-            return item.answer, failure
-        custom = _custom(item)
-        if custom is not None:
-            dispatch_custom_event(*custom, config=config)
-        return answer, failure
+            if custom := collected.take(item):
+                dispatch_custom_event(*custom, config=config)
+        return collected.result(self.output)
 
     def stream(
         self, input: Any, config: RunnableConfig | None = None, **kwargs: Any
@@ -320,17 +314,16 @@ class SotflowRunnable(Runnable[Any, Any]):
                 items.put(done)
 
         future = self.portal().start_task_soon(produce)
-        answer, failure = None, None
+        collected = _Collected()
         try:
             while (item := items.get()) is not done:
                 if isinstance(item, AnswerDelta):
                     if self.output == "text":
                         yield item.text
-                    continue
-                answer, failure = self._handle_sync(item, config, answer, failure)
+                elif custom := collected.take(item):
+                    dispatch_custom_event(*custom, config=config)
         finally:
             future.cancel()
-        if failure is not None:
-            raise failure
-        if self.output == "answer" and answer is not None:
-            yield answer
+        result = collected.result(self.output)
+        if self.output == "answer":
+            yield result
