@@ -1,0 +1,383 @@
+"""The ``sotflow`` command: ask, batch, route, bench, serve, train-router.
+
+Exit codes: 0 all answered; 1 some items failed (all recorded); 2 usage or
+configuration error; 130 interrupted (what finished is written; --resume continues).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import statistics
+import sys
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+from ..engine import Engine
+from ..errors import ConfigurationError
+from ..events import AnswerDelta, AnswerReset, RunFinished
+from ..strategies.registry import make_strategy
+from .batch import run_batch
+from .options import (
+    add_backend_options,
+    add_run_options,
+    make_backend,
+    make_router,
+    positive_int,
+)
+from .records import (
+    InputItem,
+    OutputWriter,
+    answer_record,
+    duplicate_ids,
+    read_items,
+    repair_and_load,
+)
+from .report import BatchStats, ProgressBar, load_prices
+
+__all__ = ["main"]
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+def _strategy(args: argparse.Namespace, backend: Any) -> Any:
+    router = make_router(args, backend) if args.strategy == "auto" else None
+    return make_strategy(
+        args.strategy, max_tokens=args.max_tokens, temperature=args.temperature, router=router
+    )
+
+
+def _engine(args: argparse.Namespace, backend: Any) -> Engine:
+    return Engine(backend, max_retries=args.max_retries, timeout=args.timeout)
+
+
+# -- ask -------------------------------------------------------------------------------
+
+
+def cmd_ask(args: argparse.Namespace) -> int:
+    backend = make_backend(args)
+    strategy = _strategy(args, backend)
+    item = InputItem(1, 1, args.question)
+
+    async def run() -> Any:
+        async with _engine(args, backend) as engine:
+            if not args.stream:
+                return await engine.run(strategy, args.question, return_errors=True)
+            answer = None
+            async for event in engine.stream(strategy, args.question):
+                if isinstance(event, AnswerDelta) and not args.json:
+                    sys.stdout.write(event.text)
+                    sys.stdout.flush()
+                elif isinstance(event, AnswerReset) and not args.json:
+                    sys.stdout.write("\n")
+                    print("[a stream broke and was retried; the text restarts]", file=sys.stderr)
+                elif isinstance(event, RunFinished):
+                    answer = event.answer
+            if not args.json:
+                sys.stdout.write("\n")
+            return answer
+
+    answer = anyio.run(run)
+    if args.json:
+        print(json.dumps(answer_record(item, answer), ensure_ascii=False, indent=2))
+    elif not args.stream and answer.ok:
+        print(answer.text)
+    if not answer.ok:
+        print(f"sotflow: {answer.error.type}: {answer.error.message}", file=sys.stderr)
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+# -- batch -----------------------------------------------------------------------------
+
+
+def _resume_command(args: argparse.Namespace) -> str:
+    argv = [a for a in sys.argv[1:] if a != "--overwrite"]
+    if "--resume" not in argv:
+        argv.append("--resume")
+    return "sotflow " + " ".join(shlex.quote(a) for a in argv)
+
+
+def cmd_batch(args: argparse.Namespace) -> int:
+    items = read_items(args.input)
+    duplicates = duplicate_ids(items)
+    if duplicates:
+        shown = ", ".join(duplicates[:20]) + (" ..." if len(duplicates) > 20 else "")
+        raise ConfigurationError(
+            f"duplicate ids in {args.input}: {shown}. Ids name the output records, so each "
+            "must be unique; fix them or drop the 'id' fields to number lines instead."
+        )
+    output = Path(args.output) if args.output != "-" else None
+    if args.resume and output is None:
+        raise ConfigurationError("--resume needs an output file, not stdout")
+    done: set[str] = set()
+    if output is not None and output.exists() and output.stat().st_size > 0:
+        if args.resume:
+            done, kept, dropped = repair_and_load(output)
+            if not args.quiet:
+                print(
+                    f"sotflow: resuming {output}: {kept} answered kept, {dropped} failed or "
+                    "broken records to redo",
+                    file=sys.stderr,
+                )
+        elif not args.overwrite:
+            raise ConfigurationError(
+                f"{output} already exists; continue it with --resume, or replace it with "
+                "--overwrite"
+            )
+    todo = [item for item in items if item.key not in done]
+    stats = BatchStats(total=len(items), skipped=len(items) - len(todo))
+    backend = make_backend(args)
+    strategy = _strategy(args, backend)
+    prices = load_prices(args.prices)
+    writer = OutputWriter(args.output, append=bool(args.resume))
+    try:
+        with ProgressBar(stats, enabled=not args.quiet) as bar:
+
+            async def run() -> Any:
+                async with _engine(args, backend) as engine:
+                    return await run_batch(
+                        todo,
+                        engine=engine,
+                        strategy=strategy,
+                        writer=writer,
+                        stats=stats,
+                        concurrency=args.concurrency,
+                        ordered=args.ordered,
+                        on_progress=bar.update,
+                        grace_s=args.grace,
+                    )
+
+            outcome = anyio.run(run)
+    finally:
+        writer.close()
+    if not args.quiet:
+        print(stats.summary(backend.model, prices), file=sys.stderr)
+    if outcome.fatal or outcome.interrupted:
+        if outcome.fatal:
+            print(f"sotflow: stopped early: {outcome.fatal}", file=sys.stderr)
+        if outcome.unfinished:
+            print(
+                f"sotflow: {outcome.unfinished} item(s) not answered yet; continue with:\n"
+                f"  {_resume_command(args)}",
+                file=sys.stderr,
+            )
+        return EXIT_INTERRUPTED if outcome.interrupted else EXIT_USAGE
+    return EXIT_FAILED if stats.failed else EXIT_OK
+
+
+# -- route -----------------------------------------------------------------------------
+
+
+def cmd_route(args: argparse.Namespace) -> int:
+    target = args.input
+    if target == "-" or Path(target).is_file():
+        items = read_items(target)
+    else:
+        items = [InputItem(1, 1, target)]
+    needs_model = args.router == "llm"
+    backend = make_backend(args) if needs_model else None
+    router = make_router(args, backend)
+    writer = OutputWriter(args.output or "-", append=False)
+    failed = 0
+
+    async def run() -> None:
+        nonlocal failed
+        for item in items:
+            record: dict[str, Any] = {"id": item.id, "question": item.question}
+            if item.problem:
+                record["error"] = {"type": "InputError", "message": item.problem}
+                failed += 1
+            else:
+                try:
+                    decision = await router.decide(item.question)
+                    record.update(decision.model_dump())
+                    record["error"] = None
+                except Exception as exc:  # one bad question must not sink the rest
+                    record["error"] = {"type": type(exc).__name__, "message": str(exc)}
+                    failed += 1
+            record.update({k: v for k, v in item.extra.items() if k not in record})
+            writer.write(record)
+
+    try:
+        anyio.run(run)
+    finally:
+        writer.close()
+    return EXIT_FAILED if failed else EXIT_OK
+
+
+# -- bench -----------------------------------------------------------------------------
+
+DEFAULT_BENCH_QUESTIONS = (
+    "How can I improve my time management skills?",
+    "What are the main differences between Python and JavaScript?",
+    "What factors should I consider when buying a used car?",
+    "How can cities reduce air pollution?",
+    "What are good habits for learning a new language?",
+)
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    if args.input:
+        questions = [i.question for i in read_items(args.input) if i.question][: args.n]
+    else:
+        questions = list(DEFAULT_BENCH_QUESTIONS[: args.n])
+    if not questions:
+        raise ConfigurationError("no questions to time; give a file with questions")
+    backend = make_backend(args)
+    direct = make_strategy("direct", max_tokens=args.max_tokens, temperature=args.temperature)
+    sot = make_strategy(args.strategy, max_tokens=args.max_tokens, temperature=args.temperature)
+    rows: list[dict[str, Any]] = []
+
+    async def run() -> None:
+        async with _engine(args, backend) as engine:
+            for question in questions:
+                a = await engine.run(direct, question, return_errors=True)
+                b = await engine.run(sot, question, return_errors=True)
+                rows.append(
+                    {
+                        "question": question,
+                        "direct_s": a.latency_s,
+                        "sot_s": b.latency_s,
+                        "speedup": a.latency_s / b.latency_s if a.ok and b.ok else None,
+                        "strategy": b.strategy,
+                        "points": len(b.points or []),
+                        "error": (a.error or b.error).message if (a.error or b.error) else None,
+                    }
+                )
+                if not args.json:
+                    r = rows[-1]
+                    speed = f"{r['speedup']:.2f}x" if r["speedup"] else "failed"
+                    print(
+                        f"{question[:50]:<50}  direct {r['direct_s']:6.2f} s  "
+                        f"{args.strategy} {r['sot_s']:6.2f} s  {speed:>7}  "
+                        f"({r['points']} points)" + (f"  {r['error']}" if r["error"] else ""),
+                        flush=True,
+                    )
+
+    anyio.run(run)
+    speedups = [r["speedup"] for r in rows if r["speedup"]]
+    if args.json:
+        print(
+            json.dumps(
+                {"rows": rows, "median_speedup": statistics.median(speedups) if speedups else None},
+                indent=2,
+            )
+        )
+    elif speedups:
+        median = statistics.median(speedups)
+        print(f"median speed-up of {args.strategy} over a direct answer: {median:.2f}x")
+    return EXIT_OK if len(speedups) == len(rows) else EXIT_FAILED
+
+
+# -- serve, train-router ----------------------------------------------------------------
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    try:
+        from ..serve import main as serve_main
+    except ImportError as exc:
+        raise ConfigurationError(
+            f"serving needs the 'local' extra: pip install 'sotflow[local]' ({exc})"
+        ) from exc
+    argv = ["--model", args.model or "smollm2", "--host", args.host, "--port", str(args.port)]
+    argv += ["--device", args.device] + (["--dtype", args.dtype] if args.dtype else [])
+    if args.max_batch_size:
+        argv += ["--max-batch-size", str(args.max_batch_size)]
+    return int(serve_main(argv) or 0)
+
+
+def cmd_train_router(args: argparse.Namespace, rest: list[str]) -> int:
+    from ..routing.train import main as train_main
+
+    return int(train_main(rest) or 0)
+
+
+# -- the parser ------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sotflow",
+        description="Answer questions faster with Skeleton-of-Thought and other strategies.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    ask = sub.add_parser("ask", help="answer one question")
+    ask.add_argument("question")
+    ask.add_argument("--stream", action="store_true", help="print the answer as it is written")
+    ask.add_argument("--json", action="store_true", help="print the whole record as JSON")
+    add_run_options(ask)
+    add_backend_options(ask)
+
+    batch = sub.add_parser("batch", help="answer every question in a JSONL or text file")
+    batch.add_argument("input", help="JSONL with 'question' (or 'prompt') and 'id', .txt, or -")
+    batch.add_argument("-o", "--output", required=True, help="JSONL file to write (or -)")
+    batch.add_argument("--resume", action="store_true", help="keep answered items, redo the rest")
+    batch.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    batch.add_argument("--ordered", action="store_true", help="write in input order")
+    batch.add_argument("--quiet", action="store_true", help="no progress bar, no summary")
+    batch.add_argument("--prices", help="JSON file of USD per million tokens per model")
+    batch.add_argument("--grace", type=float, default=10.0, help="seconds to finish after Ctrl-C")
+    add_run_options(batch)
+    add_backend_options(batch)
+
+    route = sub.add_parser("route", help="show which strategy each question would get")
+    route.add_argument("input", help="a question, a JSONL/.txt file, or -")
+    route.add_argument("-o", "--output", help="JSONL file to write (default stdout)")
+    route.add_argument("--router", choices=("rules", "llm", "embedding"), default="rules")
+    add_backend_options(route)
+
+    bench = sub.add_parser("bench", help="time SoT against a direct answer on your endpoint")
+    bench.add_argument("input", nargs="?", help="questions (JSONL or .txt); default: built-in")
+    bench.add_argument("-n", type=positive_int, default=5, help="how many questions")
+    bench.add_argument("--json", action="store_true")
+    add_run_options(bench, default_strategy="sot")
+    add_backend_options(bench)
+
+    serve = sub.add_parser("serve", help="serve a local model as an OpenAI-compatible API")
+    serve.add_argument("--model", default="smollm2")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--device", default="auto")
+    serve.add_argument("--dtype", default=None)
+    serve.add_argument("--max-batch-size", type=positive_int, default=None)
+
+    sub.add_parser(
+        "train-router",
+        help="train the embedding router on labelled JSONL (see --help)",
+        add_help=False,
+    )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    if argv[:1] == ["train-router"]:
+        sys.exit(cmd_train_router(argparse.Namespace(), argv[1:]))
+    args = parser.parse_args(argv)
+    commands = {
+        "ask": cmd_ask,
+        "batch": cmd_batch,
+        "route": cmd_route,
+        "bench": cmd_bench,
+        "serve": cmd_serve,
+    }
+    if args.command is None:
+        parser.print_help(sys.stderr)
+        sys.exit(EXIT_USAGE)
+    try:
+        code = commands[args.command](args)
+    except (ConfigurationError, FileNotFoundError) as exc:
+        print(f"sotflow: error: {exc}", file=sys.stderr)
+        code = EXIT_USAGE
+    except BrokenPipeError:
+        # The reader went away (`sotflow ask ... | head`); nothing left to say to it.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        code = EXIT_OK
+    sys.exit(code)

@@ -1,0 +1,137 @@
+"""Running a batch: launch under a concurrency cap, write each item as it finishes.
+
+Ctrl-C (or SIGTERM) stops launching new questions and gives the ones in flight a grace
+period to finish; a second Ctrl-C, or the end of the grace period, cancels them.
+Unfinished items are simply not written, so ``--resume`` redoes exactly those. An
+error that would fail every item the same way (a bad API key, no quota left) also
+stops the launching, instead of writing a thousand identical failures.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+
+from ..engine import Engine
+from ..strategies.base import Strategy
+from .records import InputItem, OutputWriter, answer_record, error_record
+from .report import BatchStats
+
+__all__ = ["BatchOutcome", "run_batch"]
+
+FATAL_ERRORS = frozenset({"AuthenticationError", "QuotaExceededError"})
+
+
+@dataclass
+class BatchOutcome:
+    interrupted: bool = False
+    fatal: str | None = None
+    unfinished: int = 0
+
+
+async def run_batch(
+    items: list[InputItem],
+    *,
+    engine: Engine,
+    strategy: Strategy,
+    writer: OutputWriter,
+    stats: BatchStats,
+    concurrency: int,
+    ordered: bool,
+    on_progress: Callable[[], None] = lambda: None,
+    grace_s: float = 10.0,
+    notify: Callable[[str], None] = lambda message: print(message, file=sys.stderr),
+) -> BatchOutcome:
+    outcome = BatchOutcome()
+    runs = anyio.Semaphore(concurrency)
+    # In order mode, finished items wait for earlier ones in a buffer of bounded size.
+    window = anyio.Semaphore(max(64, 4 * concurrency)) if ordered else None
+    waiting: dict[int, dict[str, Any]] = {}
+    next_out = 0
+    written = 0
+    stopping = anyio.Event()
+    work_scope = anyio.CancelScope()
+
+    def emit(position: int, record: dict[str, Any]) -> None:
+        nonlocal next_out, written
+        if window is None:
+            writer.write(record)
+            written += 1
+        else:
+            waiting[position] = record
+            while next_out in waiting:
+                writer.write(waiting.pop(next_out))
+                written += 1
+                next_out += 1
+                window.release()
+        stats.add(record)
+        on_progress()
+        error = record.get("error") or {}
+        if error.get("type") in FATAL_ERRORS and not stopping.is_set():
+            outcome.fatal = error.get("message") or error["type"]
+            stopping.set()
+
+    async def answer(position: int, item: InputItem) -> None:
+        try:
+            assert item.question is not None
+            result = await engine.run(strategy, item.question, return_errors=True, run_id=item.key)
+            emit(position, answer_record(item, result))
+        finally:
+            runs.release()
+
+    async def cancel_after_grace() -> None:
+        await anyio.sleep(grace_s)
+        work_scope.cancel()
+
+    async def watch_signals(tg: anyio.abc.TaskGroup) -> None:
+        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async for _ in signals:
+                if not stopping.is_set():
+                    outcome.interrupted = True
+                    stopping.set()
+                    notify(
+                        f"sotflow: stopping; no new questions. Waiting up to {grace_s:g} s for "
+                        "those in flight (Ctrl-C again to cancel them now)."
+                    )
+                    tg.start_soon(cancel_after_grace)
+                else:
+                    outcome.interrupted = True
+                    work_scope.cancel()
+
+    async with anyio.create_task_group() as outer:
+        if _can_watch_signals():
+            outer.start_soon(watch_signals, outer)
+        with work_scope:
+            async with anyio.create_task_group() as work:
+                for position, item in enumerate(items):
+                    if window is not None:
+                        await window.acquire()
+                    if stopping.is_set():
+                        break
+                    if item.problem is not None:
+                        emit(position, error_record(item, "InputError", item.problem))
+                        continue
+                    await runs.acquire()
+                    if stopping.is_set():
+                        runs.release()
+                        break
+                    work.start_soon(answer, position, item)
+        outer.cancel_scope.cancel()
+    # Finished items still held back by an unfinished earlier one: better out of order
+    # than lost (the earlier one is redone by --resume).
+    for position in sorted(waiting):
+        writer.write(waiting.pop(position))
+        written += 1
+    outcome.unfinished = len(items) - written
+    return outcome
+
+
+def _can_watch_signals() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()

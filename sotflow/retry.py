@@ -1,0 +1,78 @@
+"""The one retry layer: which failures are retried and how long to wait between tries.
+
+Retried: connection errors, streams that broke midway, malformed or truncated
+responses, attempt timeouts, 408, 409, 429 and 5xx, unless the server's
+``x-should-retry: false`` forbids it (``x-should-retry: true`` forces a retry). Never
+retried: 400, 401, 403, 404, 422, and a 429 whose code is ``insufficient_quota``.
+
+The wait is what the server asked for (``retry-after-ms``, then ``retry-after`` in
+seconds or as an HTTP date), otherwise exponential backoff with jitter; either way
+capped at ``max_wait_s``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import anyio
+import tenacity
+from tenacity.wait import wait_base, wait_exponential_jitter
+
+from .errors import BackendError, ConfigurationError
+
+__all__ = ["RetryPolicy", "is_retryable"]
+
+
+def is_retryable(exc: BaseException) -> bool:
+    return isinstance(exc, BackendError) and exc.retryable
+
+
+class _ServerAskedOrBackoff(wait_base):
+    """Honour the server's Retry-After when it gave one; back off exponentially if not."""
+
+    def __init__(self, policy: RetryPolicy) -> None:
+        self._cap = policy.max_wait_s
+        self._backoff = wait_exponential_jitter(
+            multiplier=policy.initial_wait_s,
+            max=policy.max_wait_s,
+            exp_base=policy.exp_base,
+            jitter=policy.jitter_s,
+        )
+
+    def __call__(self, retry_state: tenacity.RetryCallState) -> float:
+        outcome = retry_state.outcome
+        exc = outcome.exception() if outcome is not None else None
+        asked = getattr(exc, "retry_after", None)
+        if asked is not None:
+            return max(0.0, min(float(asked), self._cap))
+        return min(self._backoff(retry_state), self._cap)
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    max_retries: int = 4
+    """Retries after the first attempt (0 turns retrying off)."""
+    initial_wait_s: float = 0.5
+    max_wait_s: float = 30.0
+    """Cap on any single wait, a server's Retry-After included."""
+    exp_base: float = 2.0
+    jitter_s: float = 0.5
+
+    def __post_init__(self) -> None:
+        if self.max_retries < 0:
+            raise ConfigurationError(f"max_retries must be >= 0, got {self.max_retries}")
+        if self.max_wait_s < 0 or self.initial_wait_s < 0 or self.jitter_s < 0:
+            raise ConfigurationError("retry waits must be >= 0")
+
+    def retrying(
+        self, before_sleep: Callable[[tenacity.RetryCallState], Awaitable[None] | None] | None
+    ) -> tenacity.AsyncRetrying:
+        return tenacity.AsyncRetrying(
+            stop=tenacity.stop_after_attempt(self.max_retries + 1),
+            wait=_ServerAskedOrBackoff(self),
+            retry=tenacity.retry_if_exception(is_retryable),
+            sleep=anyio.sleep,
+            before_sleep=before_sleep,
+            reraise=True,
+        )

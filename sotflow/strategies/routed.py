@@ -1,0 +1,90 @@
+"""Routed ("auto"): ask a router which strategy fits the question, then run that one.
+
+The chosen strategy runs embedded in the same run (one trace, one budget, one set of
+limits); its answer parts stream as this run's answer. The router's ``Decision`` is in
+``answer.decision`` and ``answer.strategy`` names the strategy that really answered.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from ..graph import Embed, Expand, Graph, NodeContext, Part, Result, Step
+from ..types import Decision
+from .base import BuildContext, Strategy
+from .direct import Direct
+from .skeleton import SkeletonOfThought
+
+__all__ = ["Routed"]
+
+
+class Routed:
+    """Route each question to SoT, dependency-aware SoT, or a direct answer (or more)."""
+
+    name = "auto"
+
+    def __init__(
+        self,
+        router: Any = None,
+        *,
+        strategies: Mapping[str, Strategy] | None = None,
+    ) -> None:
+        if router is None:
+            from ..routing.rules import RuleRouter
+
+            router = RuleRouter()
+        if not callable(getattr(router, "decide", None)):
+            raise TypeError(f"router must have an async decide(question) method, got {router!r}")
+        self.router = router
+        self.strategies: dict[str, Strategy] = {
+            "sot": SkeletonOfThought(),
+            "sot-dag": SkeletonOfThought(dependencies=True),
+            "direct": Direct(),
+            **(strategies or {}),
+        }
+
+    def __repr__(self) -> str:
+        return f"Routed(router={self.router!r}, strategies={sorted(self.strategies)})"
+
+    def build(self, question: str, ctx: BuildContext) -> Graph:
+        node = getattr(self.router, "node", None)
+        if callable(node):
+            route = node(question, "route")
+        else:
+            route = Step("route", lambda c: self.router.decide(c.question))
+        return Graph((route, Step("dispatch", self._dispatch, needs=("route",))), output="answer")
+
+    def _dispatch(self, ctx: NodeContext) -> Expand:
+        decision: Decision = ctx["route"]
+        warnings = []
+        strategy = self.strategies.get(decision.strategy)
+        if strategy is None:
+            warnings.append(
+                f"the router chose {decision.strategy!r}, which has no strategy here; "
+                "answered directly (pass strategies={...} to Routed to add it)"
+            )
+            strategy = self.strategies["direct"]
+        return Expand(
+            value=decision,
+            add=[
+                Embed("run", strategy, ctx.question, part=Part((0,))),
+                Step("answer", _attach_decision, needs=("run", "route")),
+            ],
+            warnings=warnings,
+        )
+
+
+def _attach_decision(ctx: NodeContext) -> Result:
+    value = ctx["run"]
+    result = value if isinstance(value, Result) else Result(str(value))
+    chosen = ctx.trace("run")
+    strategy = result.strategy or (chosen.meta.get("strategy") if chosen else None)
+    return Result(
+        result.text,
+        strategy=strategy,
+        points=result.points,
+        skeleton=result.skeleton,
+        decision=ctx["route"],
+        details=result.details,
+    )

@@ -1,0 +1,195 @@
+"""Skeleton-of-Thought: outline first, then every point expanded at once.
+
+The graph: one ``skeleton`` call; when it returns, its ``then`` parses the outline and
+adds one call per point plus an ``answer`` step that assembles them in order. Every
+point call is an answer part, so a streamed run releases point 1 live and later points
+as soon as everything before them is out. Latency is the skeleton plus the slowest
+point, instead of the whole answer token by token.
+
+With ``dependencies=True`` (strategy ``"sot-dag"``) the skeleton may mark which points
+need which; a point then starts as soon as the points it needs are written, and sees
+their text. A skeleton with fewer than two points falls back to a direct answer.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from ..graph import Call, Expand, Graph, NodeContext, Part, Result, Step
+from ..prompts import Prompts
+from ..types import Completion, Message, Point, Request, SamplingParams
+from .base import BuildContext
+from .outline import Outline, OutlinePoint, parse_outline
+
+if TYPE_CHECKING:
+    from ..backends.base import Backend
+
+__all__ = ["SkeletonOfThought"]
+
+
+class SkeletonOfThought:
+    """Skeleton-of-Thought (Ning et al., 2023), with an optional dependency-aware mode."""
+
+    def __init__(
+        self,
+        *,
+        max_points: int = 10,
+        min_points: int = 3,
+        point_max_tokens: int = 128,
+        skeleton_max_tokens: int = 200,
+        fallback_max_tokens: int = 512,
+        temperature: float | None = None,
+        expand_backend: Backend | None = None,
+        dependencies: bool = False,
+        prompts: Prompts | Mapping[str, str] | None = None,
+        prompt_dir: str | os.PathLike[str] | None = None,
+    ) -> None:
+        if not 2 <= max_points <= 50:
+            raise ValueError(f"max_points must be between 2 and 50, got {max_points}")
+        if not 1 <= min_points <= max_points:
+            raise ValueError(f"min_points must be between 1 and max_points, got {min_points}")
+        self.name = "sot-dag" if dependencies else "sot"
+        self.max_points = max_points
+        self.min_points = min_points
+        self.dependencies = dependencies
+        self.expand_backend = expand_backend
+        self.prompts = prompts if isinstance(prompts, Prompts) else Prompts(prompts, prompt_dir)
+        self.skeleton_params = SamplingParams(
+            max_tokens=skeleton_max_tokens, temperature=temperature
+        )
+        self.point_params = SamplingParams(max_tokens=point_max_tokens, temperature=temperature)
+        self.fallback_params = SamplingParams(
+            max_tokens=fallback_max_tokens, temperature=temperature
+        )
+
+    def __repr__(self) -> str:
+        return (
+            f"SkeletonOfThought(max_points={self.max_points}, "
+            f"dependencies={self.dependencies}, expand_backend={self.expand_backend!r})"
+        )
+
+    # -- the graph ---------------------------------------------------------------------
+
+    def build(self, question: str, ctx: BuildContext) -> Graph:
+        template = "skeleton_dag.user" if self.dependencies else "skeleton.user"
+        user = self.prompts.render(
+            template, question=question, min_points=self.min_points, max_points=self.max_points
+        )
+        request = Request(
+            (Message.system(self.prompts.render("skeleton.system")), Message.user(user)),
+            self.skeleton_params,
+            prefill="1.",
+        )
+        return Graph((Call("skeleton", request, then=self._plan),), output="answer")
+
+    def _plan(self, completion: Completion, ctx: NodeContext) -> Expand:
+        raw = "1." + completion.text
+        outline = parse_outline(raw, max_points=self.max_points, dependencies=self.dependencies)
+        if len(outline.points) < 2:
+            reason = (
+                "the skeleton had no points"
+                if not outline.points
+                else "the skeleton had only one point"
+            )
+            return Expand(
+                value=outline,
+                add=[self._fallback(ctx.question, raw, reason, outline)],
+                warnings=[*outline.warnings, f"{reason}; answered directly instead"],
+            )
+        last = len(outline.points)
+        nodes: list[Call | Step] = [
+            Call(
+                f"p{p.index}",
+                self._point_request(p, outline),
+                needs=("skeleton", *(f"p{n}" for n in p.needs)),
+                then=_text,
+                backend=self.expand_backend,
+                part=Part((p.index,), _prefill(p), "" if p.index == last else "\n"),
+                meta={"title": p.title, "needs": list(p.needs)},
+            )
+            for p in outline.points
+        ]
+        point_ids = tuple(f"p{p.index}" for p in outline.points)
+        nodes.append(Step("answer", self._assembler(outline, raw), needs=point_ids))
+        return Expand(value=outline, add=nodes, warnings=outline.warnings)
+
+    def _point_request(self, point: OutlinePoint, outline: Outline) -> Any:
+        skeleton = outline.render()
+        titles = {p.index: p.title for p in outline.points}
+        system = Message.system(self.prompts.render("point.system"))
+
+        def build(ctx: NodeContext) -> Request:
+            written = ""
+            if point.needs:
+                texts = "\n".join(
+                    f"{n}. {titles[n]}: {str(ctx[f'p{n}']).strip()}" for n in point.needs
+                )
+                written = self.prompts.render("point_written", index=point.index, texts=texts)
+            user = self.prompts.render(
+                "point.user",
+                question=ctx.question,
+                skeleton=skeleton,
+                written=written,
+                index=point.index,
+                title=point.title,
+            )
+            stop = ("\n\n", f"\n{point.index + 1}.")
+            return Request(
+                (system, Message.user(user)),
+                self.point_params.replace(stop=stop),
+                prefill=_prefill(point),
+            )
+
+        return build
+
+    def _assembler(self, outline: Outline, raw: str) -> Any:
+        last = len(outline.points)
+
+        def assemble(ctx: NodeContext) -> Result:
+            points: list[Point] = []
+            pieces: list[str] = []
+            for p in outline.points:
+                node = f"p{p.index}"
+                text = str(ctx[node])
+                trace = ctx.trace(node)
+                points.append(
+                    Point(
+                        index=p.index,
+                        title=p.title,
+                        text=text.strip(),
+                        needs=list(p.needs),
+                        start_s=trace.start_s if trace else None,
+                        end_s=trace.end_s if trace else None,
+                        usage=trace.usage if trace else None,
+                    )
+                )
+                pieces.append(_prefill(p) + text + ("" if p.index == last else "\n"))
+            details: dict[str, Any] = {"outline_warnings": list(outline.warnings)}
+            if self.dependencies:
+                details["dependencies"] = {p.index: list(p.needs) for p in outline.points}
+            return Result("".join(pieces), points=points, skeleton=raw, details=details)
+
+        return assemble
+
+    def _fallback(self, question: str, raw: str, reason: str, outline: Outline) -> Call:
+        request = Request((Message.user(question),), self.fallback_params)
+
+        def direct(completion: Completion, ctx: NodeContext) -> Result:
+            return Result(
+                completion.text,
+                strategy="direct",
+                skeleton=raw,
+                details={"fallback": reason, "outline_warnings": list(outline.warnings)},
+            )
+
+        return Call("answer", request, then=direct, part=Part((0,)), meta={"fallback": reason})
+
+
+def _prefill(point: OutlinePoint) -> str:
+    return f"{point.index}. {point.title}:"
+
+
+def _text(completion: Completion, ctx: NodeContext) -> str:
+    return completion.text
