@@ -251,3 +251,26 @@ def test_parse_request_maps_prefill_and_limits() -> None:
 
 def test_bad_request_error_is_a_backend_error() -> None:
     assert issubclass(BadRequestError, Exception)
+
+
+@pytest.mark.anyio
+async def test_sotflow_openai_backend_with_prefill(url: str, backend: LocalBackend) -> None:
+    from sotflow import OpenAIBackend
+
+    remote = OpenAIBackend(model="tiny", base_url=url, api_key="unused", prefill=True)
+    try:
+        request = Request.of("What is a cat?", system="Be brief.", prefill="1.", max_tokens=12)
+        direct = await backend.complete(request)
+        got = await remote.complete(request)
+        assert got.text == direct.text
+        assert got.usage.completion_tokens == direct.usage.completion_tokens
+        items = [item async for item in remote.stream(request)]
+        assert isinstance(items[-1], Completion) and items[-1].text == direct.text
+        sampled = Request.of("Hi", max_tokens=8, n=2, temperature=1.0, seed=5, logprobs=True)
+        pair = await remote.complete(sampled)
+        assert [c.text for c in pair.choices] == [
+            c.text for c in (await backend.complete(sampled)).choices
+        ]
+        assert pair.choices[0].logprobs
+    finally:
+        await remote.aclose()

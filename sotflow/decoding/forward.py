@@ -196,7 +196,7 @@ class DecoderModel:
         # Decode blocks are short: a plain matmul attention beats the flash kernel there,
         # and grouping the query heads of each key/value head avoids repeating K and V.
         bias = None
-        if T <= self.small_block:
+        if self.small_block >= T:
             bias = torch.zeros(mask.shape, dtype=torch.float32, device=mask.device)
             bias = bias.masked_fill(~mask, float("-inf"))  # [B, 1, T, S]
             group = H // Hkv
