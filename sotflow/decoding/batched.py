@@ -68,10 +68,12 @@ class SpeculationConfig:
     """Lookahead n-gram size N (the window has N-1 levels)."""
     pool_candidates: int = 4
     """Lookahead: at most G pooled n-grams verified per step."""
-    lookup_tokens: int = 8
+    lookup_tokens: int = 6
     """Prompt lookup: tokens copied after a matched n-gram."""
     lookup_ngram: int = 3
-    lookup_candidates: int = 2
+    lookup_min_ngram: int = 2
+    """Single-token matches are mostly wrong, and on a CPU every proposed token costs."""
+    lookup_candidates: int = 1
     jacobi_tokens: int = 6
     max_block: int = 32
     """Most tokens one row may run in one step (current token included)."""
@@ -189,7 +191,7 @@ class _Row:
         if not self.speculative:
             return
         if config.uses_lookup:
-            self.lookup = NgramIndex(config.lookup_ngram)
+            self.lookup = NgramIndex(config.lookup_ngram, config.lookup_min_ngram)
             self.lookup.extend(self.tokens)
         if config.uses_pool:
             self.pool = NgramPool(config.ngram)
