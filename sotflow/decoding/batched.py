@@ -61,7 +61,7 @@ class SpeculationConfig:
     ``hybrid`` is lookahead plus prompt-lookup candidates in the same tree.
     """
 
-    mode: DecodeMode = "hybrid"
+    mode: DecodeMode = "prompt_lookup"
     window: int = 4
     """Lookahead window width W."""
     ngram: int = 4

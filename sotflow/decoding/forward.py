@@ -7,8 +7,9 @@ attention mask, and logits for only some positions. The arithmetic mirrors
 ``transformers``' Llama (RMSNorm in float32, rotary embedding from its own ``inv_freq``),
 and greedy decoding is checked token-for-token against ``generate``.
 
-The weights are the Hugging Face module's own tensors: nothing is copied unless
-``fuse=True`` (q/k/v and gate/up concatenated so each layer does two fewer matmuls).
+The weights are the Hugging Face module's own tensors, except that ``fuse=True``
+concatenates q/k/v and gate/up (two fewer matmuls a layer) and ``pack`` (default: on
+CPU in float32) keeps oneDNN-reordered copies (see ``_Linear``).
 """
 
 from __future__ import annotations
@@ -26,14 +27,54 @@ __all__ = ["SUPPORTED_MODEL_TYPES", "DecoderModel", "block_mask"]
 SUPPORTED_MODEL_TYPES = frozenset({"llama", "mistral", "qwen2"})
 
 
+class _Linear:
+    """``x @ W.T + b``, optionally through oneDNN with the weight reordered once.
+
+    On CPU, MKL's sgemm is tuned for large matrices: a block of 4-16 tokens costs two to
+    three times a single token, which would eat what multi-token decoding gains. oneDNN's
+    prepacked linear runs such blocks for little more than one token (and one token a bit
+    faster too). Its sums are ordered differently, so results differ from ``F.linear`` in
+    the last bits; greedy parity with ``generate`` is still checked in the tests.
+    """
+
+    __slots__ = ("bias", "out_features", "packed", "weight")
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, pack: bool) -> None:
+        self.weight = weight.detach()
+        self.bias = None if bias is None else bias.detach()
+        self.out_features = weight.shape[0]
+        self.packed = _reorder(self.weight) if pack else None
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self.packed is None:
+            return F.linear(x, self.weight, self.bias)
+        flat = x.reshape(-1, x.shape[-1])
+        out = torch.ops.mkldnn._linear_pointwise(flat, self.packed, self.bias, "none", [], "")
+        return out.view(*x.shape[:-1], self.out_features)
+
+
+def _reorder(weight: torch.Tensor) -> torch.Tensor:
+    # Packed for blocks of about 8 rows: the typical decode block; it serves any size.
+    return torch.ops.mkldnn._reorder_linear_weight(weight, 8)
+
+
+def packing_available(device: torch.device, dtype: torch.dtype) -> bool:
+    """Whether oneDNN prepacked linears work here (CPU, float32, a build with mkldnn)."""
+    if device.type != "cpu" or dtype != torch.float32 or not torch.backends.mkldnn.is_available():
+        return False
+    try:
+        probe = _Linear(torch.ones(4, 8), None, pack=True)
+        return bool(torch.allclose(probe(torch.ones(3, 8)), torch.full((3, 4), 8.0)))
+    except (RuntimeError, AttributeError, NotImplementedError):
+        return False
+
+
 @dataclass(slots=True)
 class _Layer:
-    qkv_w: list[torch.Tensor]
-    qkv_b: list[torch.Tensor | None]
-    o_w: torch.Tensor
-    o_b: torch.Tensor | None
-    gate_up_w: list[torch.Tensor]
-    down_w: torch.Tensor
+    qkv: list[_Linear]
+    o: _Linear
+    gate_up: list[_Linear]
+    down: _Linear
     ln_in: torch.Tensor
     ln_post: torch.Tensor
 
@@ -45,7 +86,7 @@ def _bias(linear: Any) -> torch.Tensor | None:
 class DecoderModel:
     """The forward pass of a loaded ``transformers`` Llama/Mistral/Qwen2 causal LM."""
 
-    def __init__(self, hf_model: Any, *, fuse: bool = True) -> None:
+    def __init__(self, hf_model: Any, *, fuse: bool = True, pack: bool | None = None) -> None:
         config = hf_model.config
         model_type = getattr(config, "model_type", "?")
         if model_type not in SUPPORTED_MODEL_TYPES:
@@ -67,43 +108,38 @@ class DecoderModel:
         self.max_positions = int(getattr(config, "max_position_embeddings", 2048))
         self.embed = core.embed_tokens.weight
         self.norm = core.norm.weight
-        self.lm_head = hf_model.lm_head.weight
-        self.lm_head_b = _bias(hf_model.lm_head)
         rotary = core.rotary_emb
         self.inv_freq = rotary.inv_freq.detach().float()  # [D/2]
         self.rope_scaling = float(getattr(rotary, "attention_scaling", 1.0))
         self.dtype = self.embed.dtype
         self.device = self.embed.device
-        self.layers = [self._layer(layer, fuse) for layer in core.layers]
+        if pack is None:
+            pack = packing_available(self.device, self.dtype)
+        self.packed = pack
+        self.lm_head = _Linear(hf_model.lm_head.weight, _bias(hf_model.lm_head), pack)
+        self.layers = [self._layer(layer, fuse, pack) for layer in core.layers]
         self.scale = self.head_dim**-0.5
         self.small_block = 64
         """Blocks up to this many tokens use matmul attention instead of the SDPA kernel."""
 
     @staticmethod
-    def _layer(layer: Any, fuse: bool) -> _Layer:
+    def _layer(layer: Any, fuse: bool, pack: bool) -> _Layer:
         attn, mlp = layer.self_attn, layer.mlp
         qkv = [attn.q_proj, attn.k_proj, attn.v_proj]
         gate_up = [mlp.gate_proj, mlp.up_proj]
         if fuse:
             biases = [_bias(m) for m in qkv]
             fused_b = None if any(b is None for b in biases) else torch.cat(biases)  # type: ignore[arg-type]
-            return _Layer(
-                qkv_w=[torch.cat([m.weight for m in qkv]).detach()],
-                qkv_b=[fused_b],
-                o_w=attn.o_proj.weight,
-                o_b=_bias(attn.o_proj),
-                gate_up_w=[torch.cat([m.weight for m in gate_up]).detach()],
-                down_w=mlp.down_proj.weight,
-                ln_in=layer.input_layernorm.weight,
-                ln_post=layer.post_attention_layernorm.weight,
-            )
+            qkv_lin = [_Linear(torch.cat([m.weight for m in qkv]), fused_b, pack)]
+            gate_up_lin = [_Linear(torch.cat([m.weight for m in gate_up]), None, pack)]
+        else:
+            qkv_lin = [_Linear(m.weight, _bias(m), pack) for m in qkv]
+            gate_up_lin = [_Linear(m.weight, None, pack) for m in gate_up]
         return _Layer(
-            qkv_w=[m.weight for m in qkv],
-            qkv_b=[_bias(m) for m in qkv],
-            o_w=attn.o_proj.weight,
-            o_b=_bias(attn.o_proj),
-            gate_up_w=[m.weight for m in gate_up],
-            down_w=mlp.down_proj.weight,
+            qkv=qkv_lin,
+            o=_Linear(attn.o_proj.weight, _bias(attn.o_proj), pack),
+            gate_up=gate_up_lin,
+            down=_Linear(mlp.down_proj.weight, None, pack),
             ln_in=layer.input_layernorm.weight,
             ln_post=layer.post_attention_layernorm.weight,
         )
@@ -157,11 +193,6 @@ class DecoderModel:
         probs = torch.softmax(scores.float() + bias, dim=-1).to(q.dtype)
         return torch.matmul(probs, v).reshape(B, H, T, D)  # [B, H, T, D]
 
-    def _project(
-        self, x: torch.Tensor, ws: list[torch.Tensor], bs: list[torch.Tensor | None]
-    ) -> list[torch.Tensor]:
-        return [F.linear(x, w, b) for w, b in zip(ws, bs, strict=True)]
-
     def forward(
         self,
         tokens: torch.Tensor,  # [B, T]
@@ -205,7 +236,7 @@ class DecoderModel:
         x = F.embedding(tokens, self.embed)  # [B, T, C]
         for i, layer in enumerate(self.layers):
             h = self._rms(x, layer.ln_in)
-            projected = self._project(h, layer.qkv_w, layer.qkv_b)
+            projected = [lin(h) for lin in layer.qkv]
             if len(projected) == 1:
                 q, k, v = projected[0].split([H * D, Hkv * D, Hkv * D], dim=-1)
             else:
@@ -224,20 +255,20 @@ class DecoderModel:
                 vc[index[0], :, index[1]] = v.transpose(1, 2)
             attn = self._attend(q, kc[rows, :, :S], vc[rows, :, :S], mask, bias)  # [B, H, T, D]
             attn = attn.transpose(1, 2).reshape(B, T, H * D)
-            x = x + F.linear(attn, layer.o_w, layer.o_b)
+            x = x + layer.o(attn)
             h = self._rms(x, layer.ln_post)
-            parts = self._project(h, layer.gate_up_w, [None] * len(layer.gate_up_w))
+            parts = [lin(h) for lin in layer.gate_up]
             if len(parts) == 1:
                 gate, up = parts[0].chunk(2, dim=-1)
             else:
                 gate, up = parts
-            x = x + F.linear(F.silu(gate) * up, layer.down_w)
+            x = x + layer.down(F.silu(gate) * up)
         if not compute_logits:
             return None
         if logits_at is not None:
             x = x.gather(1, logits_at[..., None].expand(-1, -1, x.shape[-1]))  # [B, K, C]
         x = self._rms(x, self.norm)
-        return F.linear(x, self.lm_head, self.lm_head_b)  # [B, T|K, V]
+        return self.lm_head(x)  # [B, T|K, V]
 
 
 def block_mask(
