@@ -10,6 +10,11 @@ Cancelling a waiting task cancels its rows, which leave the batch at the next st
 boundary. A failure inside a step fails every request in the batch with a
 ``LocalModelError`` and resets the decoder, so nothing hangs.
 
+Greedy rows decode several tokens per step where the decoding mode finds candidates
+(``decoding="prompt_lookup"`` by default; also ``plain``, ``jacobi``, ``lookahead``,
+``hybrid``); the output is always exactly plain greedy's. ``stats`` returns the
+decoder's counters as data.
+
 torch and transformers are imported when a backend is made, never by ``import sotflow``.
 """
 

@@ -59,6 +59,13 @@ class SpeculationConfig:
     """How plain-greedy rows propose tokens. Sampled rows always take one token a step.
 
     ``hybrid`` is lookahead plus prompt-lookup candidates in the same tree.
+
+    The default, ``prompt_lookup``, won on the machine this was built on (2 shared CPU
+    cores, SmolLM2-135M, float32; see ``benchmarks/local_decoding.py``): it proposes
+    tokens only after a repeated 2-gram, so a step costs nothing extra when there is
+    nothing to copy. Lookahead accepts more tokens per step (~1.3-1.4 vs ~1.05) but
+    its window makes every block ~17 tokens, which costs ~1.7x a one-token step on such
+    a CPU; on hardware where extra tokens are nearly free (GPUs) prefer ``lookahead``.
     """
 
     mode: DecodeMode = "prompt_lookup"
@@ -77,9 +84,10 @@ class SpeculationConfig:
     jacobi_tokens: int = 6
     max_block: int = 32
     """Most tokens one row may run in one step (current token included)."""
-    step_budget: int = 48
-    """Most tokens a step runs over all rows, beyond one per row: past the point where a
-    forward is memory-bound, every extra token costs real time."""
+    step_budget: int = 16
+    """Extra tokens a step may spend over all rows (each row gets ``1 + budget // rows``):
+    rows are padded to the longest block, and once a forward is compute-bound every
+    extra token costs real time, so a full batch speculates only a little."""
 
     def __post_init__(self) -> None:
         if self.mode not in DECODE_MODES:

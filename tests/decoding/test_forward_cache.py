@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
-from sotflow.decoding.forward import DecoderModel, block_mask
+from sotflow.decoding.forward import DecoderModel, block_mask, packing_available
 from sotflow.decoding.verify import build_tree
 
 
@@ -19,7 +20,12 @@ def run(model: DecoderModel, cache, row: int, start: int, tokens, offsets, inner
     )
 
 
-def test_prefill_logits_match_transformers(tiny: DecoderModel) -> None:
+@pytest.mark.parametrize("pack", [False, True])
+def test_prefill_logits_match_transformers(tiny: DecoderModel, pack: bool) -> None:
+    if pack and not packing_available(tiny.device, tiny.dtype):
+        pytest.fail("oneDNN packing should be available on CPU float32 with this torch")
+    tiny = DecoderModel(tiny.hf_model, pack=pack)
+    assert tiny.packed == pack
     ids = torch.randint(0, 250, (1, 30), generator=torch.Generator().manual_seed(0))
     cache = tiny.new_cache()
     cache.add_row()
@@ -28,6 +34,17 @@ def test_prefill_logits_match_transformers(tiny: DecoderModel) -> None:
     with torch.inference_mode():
         theirs = tiny.hf_model(ids).logits
     assert torch.allclose(ours, theirs, atol=1e-5)
+
+
+def test_short_and_long_blocks_agree(tiny: DecoderModel) -> None:
+    """Blocks up to ``small_block`` tokens use matmul attention, longer ones SDPA."""
+    ids = torch.randint(0, 250, (1, 70), generator=torch.Generator().manual_seed(2)).tolist()[0]
+    causal = torch.ones(70, 70, dtype=torch.bool).tril()
+    cache = tiny.new_cache()
+    cache.add_row()
+    long = run(tiny, cache, 0, 0, ids, list(range(70)), causal)
+    short = run(tiny, cache, 0, 0, ids[:20], list(range(20)), causal[:20, :20])
+    assert torch.allclose(long[:, :20], short, atol=1e-5)
 
 
 def test_tree_block_equals_each_branch_run_causally(tiny: DecoderModel) -> None:
