@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 
+import anyio
+
 from sotflow import (
     AnswerDelta,
     AnswerReset,
@@ -49,3 +51,13 @@ def answer_text(events: Iterable[Event]) -> str:
             assert 0 < event.chars <= len(text), (event.chars, text)
             text = text[: len(text) - event.chars]
     return text
+
+
+async def wait_until(predicate: Callable[[], bool], within_s: float = 3.0) -> None:
+    """Poll ``predicate`` until it holds; fail with TimeoutError after ``within_s``.
+
+    For counters kept by another process or another task (nothing to await on).
+    """
+    with anyio.fail_after(within_s):
+        while not predicate():  # noqa: ASYNC110
+            await anyio.sleep(0.01)

@@ -15,6 +15,11 @@ from sotflow.types import Request
 
 EPS = 0.02  # event loops may wake a little early; windows are checked with this slack
 
+# Leaked streams, tasks or connections show up as ResourceWarnings: fail on them.
+pytestmark = pytest.mark.filterwarnings(
+    "error::ResourceWarning", "error::pytest.PytestUnraisableExceptionWarning"
+)
+
 
 @pytest.mark.parametrize(
     ("kwargs", "name"),

@@ -36,6 +36,11 @@ from sotflow.retry import is_retryable
 
 # -- status mapping ---------------------------------------------------------------------
 
+# Leaked streams, tasks or connections show up as ResourceWarnings: fail on them.
+pytestmark = pytest.mark.filterwarnings(
+    "error::ResourceWarning", "error::pytest.PytestUnraisableExceptionWarning"
+)
+
 
 @pytest.mark.parametrize(
     ("status", "code", "cls", "retryable"),

@@ -74,7 +74,7 @@ def test_multibyte_utf8_split_across_chunks() -> None:
 
 # -- property: any split of any well-formed stream decodes to the same events ------------
 
-_ALPHABET = "ab {}:\"é✓,\\"  # includes the field separator and multi-byte characters
+_ALPHABET = 'ab {}:"é✓,\\'  # includes the field separator and multi-byte characters
 
 
 def _random_stream(rng: random.Random) -> tuple[bytes, list[bytes]]:
