@@ -13,7 +13,7 @@ import itertools
 import math
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from contextlib import aclosing, nullcontext
+from contextlib import aclosing, nullcontext, suppress
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -551,7 +551,9 @@ class _Run:
                                 reader.delta(node_id, item.text)
                     else:
                         completion = item  # type: ignore[assignment]
-        except Exception:
+        except BaseException:
+            # Also on cancellation: an attempt timeout is a cancellation that the retry
+            # turns into a fresh attempt, whose text must not follow the stale text.
             if streamed:
                 sink(StreamReset(run_id, node_id))
                 if reader is not None:
@@ -682,6 +684,7 @@ class EventStream:
         try:
             return await self._receive.receive()
         except anyio.EndOfStream:
+            self._receive.close()  # read to the end: nothing left to release
             raise StopAsyncIteration from None
 
     async def aclose(self) -> None:
@@ -695,7 +698,10 @@ class EventStream:
         await self.aclose()
 
     def __del__(self) -> None:
+        # A reader that broke out of ``async for`` without ``async with``: stop the work
+        # and close our end, or the stream is reported as leaked (ResourceWarning).
         self._scope.cancel()
+        self._receive.close()
 
 
 class Engine:
@@ -813,12 +819,18 @@ class Engine:
         """
 
         async def produce(send: MemoryObjectSendStream[Event]) -> None:
+            def emit(event: Event) -> None:
+                # A reader that stopped listening closed the stream; the run is being
+                # cancelled, and its last events (resets, failures) go nowhere.
+                with suppress(anyio.BrokenResourceError, anyio.ClosedResourceError):
+                    send.send_nowait(event)
+
             await self.run(
                 strategy,
                 question,
                 deadline=deadline,
                 budget=budget,
-                on_event=send.send_nowait,
+                on_event=emit,
                 run_id=run_id,
                 return_errors=True,
             )
@@ -859,7 +871,8 @@ class Engine:
 
         async def produce(send: MemoryObjectSendStream[tuple[int, Answer]]) -> None:
             async def record(index: int, answer: Answer) -> None:
-                await send.send((index, answer))
+                with suppress(anyio.BrokenResourceError, anyio.ClosedResourceError):
+                    await send.send((index, answer))
 
             await self._run_many(strategy, questions, concurrency, on_event, record)
 
