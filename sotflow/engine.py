@@ -223,8 +223,14 @@ class _AnswerReader:
         if nid not in self.buffers:
             return
         if not ok:
-            # A failed or cancelled part contributes nothing; withdraw what it showed.
-            self.reset(nid)
+            # A failed or cancelled part contributes nothing; withdraw what it showed,
+            # its prefix included (already sent if the part was live).
+            if nid == self.live:
+                shown = len(self.prefix[nid]) + self.live_chars
+                if shown:
+                    self.emit(AnswerReset(self.run_id, shown))
+                self.live_chars = 0
+            self.buffers[nid].clear()
             self.prefix[nid] = self.suffix[nid] = ""
         self.done.add(nid)
         if nid == self.live:
