@@ -263,7 +263,7 @@ async def test_as_completed_yields_every_index_once() -> None:
         index = int(request.messages[-1].content[1:])
         if index == 2:
             return error_from_status(400, "nope")
-        return Reply(f"a{index}", delay_s=0.03 * (6 - index))
+        return Reply(f"a{index}", delay_s=0.1 * (6 - index))
 
     async with Engine(ScriptedBackend(slow_first)) as engine:
         pairs = [pair async for pair in engine.as_completed(Direct(), [f"q{i}" for i in range(6)])]
