@@ -166,6 +166,8 @@ class _AnswerReader:
         self.run_id = run_id
         self.emit = emit
         self.order: list[tuple[PartKey, str]] = []
+        self.released: list[tuple[PartKey, str]] = []  # parts wholly sent, in key order
+        self.keys: dict[str, PartKey] = {}
         self.buffers: dict[str, list[str]] = {}
         self.done: set[str] = set()
         self.prefix: dict[str, str] = {}
@@ -183,11 +185,34 @@ class _AnswerReader:
         while position > 0 and self.order[position - 1][0] > key:
             position -= 1
         self.order.insert(position, (key, state.full_id))
+        self.keys[state.full_id] = key
         self.buffers[state.full_id] = []
         self.prefix[state.full_id] = node.part.prefix
         self.suffix[state.full_id] = node.part.suffix
-        if self.live is None:
+        if (self.live is not None and key < self.keys[self.live]) or (
+            self.released and key < self.released[-1][0]
+        ):
+            self._rewind(key)
+        elif self.live is None:
             self._advance()
+
+    def _rewind(self, key: PartKey) -> None:
+        """A part was added before text already sent: withdraw the text of every part
+        after it (the live one included) and send it all again in key order."""
+        pulled = [item for item in self.released if item[0] > key]
+        self.released = self.released[: len(self.released) - len(pulled)]
+        shown = sum(
+            len(self.prefix[n]) + sum(len(t) for t in self.buffers[n]) + len(self.suffix[n])
+            for _, n in pulled
+        )
+        if self.live is not None:
+            shown += len(self.prefix[self.live]) + self.live_chars
+            self.live = None
+            self.live_chars = 0
+        if shown:
+            self.emit(AnswerReset(self.run_id, shown))
+        self.order = sorted(self.order + pulled, key=lambda item: item[0])
+        self._advance()
 
     def _send(self, text: str) -> None:
         if text:
@@ -200,16 +225,17 @@ class _AnswerReader:
             self.live_chars = sum(len(t) for t in self.buffers[nid])
             if nid in self.done:
                 self._send(self.suffix[nid])
-                self.order.pop(0)
+                self.released.append(self.order.pop(0))
                 continue
             self.live = nid
 
     def delta(self, nid: str, text: str) -> None:
+        if nid in self.buffers:
+            # Kept even while live: a part added later with a smaller key sends it again.
+            self.buffers[nid].append(text)
         if nid == self.live:
             self.live_chars += len(text)
             self._send(text)
-        elif nid in self.buffers:
-            self.buffers[nid].append(text)
 
     def reset(self, nid: str) -> None:
         if nid == self.live:
@@ -236,6 +262,7 @@ class _AnswerReader:
         if nid == self.live:
             self._send(self.suffix[nid])
             self.order = [item for item in self.order if item[1] != nid]
+            self.released.append((self.keys[nid], nid))
             self.live = None
             self._advance()
 
