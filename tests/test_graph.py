@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -537,3 +538,97 @@ async def test_critical_path_runs_through_embedded_calls() -> None:
     assert expected >= 0.3 - 0.04
     assert trace.critical_path_s() == pytest.approx(expected)
     assert trace.critical_path_s("out") == pytest.approx(expected)
+
+
+@pytest.mark.anyio
+async def test_a_part_added_before_the_live_one_is_streamed_in_key_order() -> None:
+    backend = by_prompt(
+        {"one": Reply("ONE ONE ONE", token_delay_s=0.05), "zero": Reply("zero", delay_s=0.05)}
+    )
+
+    def build(question: str) -> Graph:
+        def late(ctx: NodeContext) -> Expand:
+            zero = Call("zero", Request.of("zero"), then=text_of, part=Part((0,), "[", "]"))
+            out = Step("out", lambda c: f"[{c['zero']}]{c['one']}", needs=("zero", "one"))
+            return Expand(add=[zero, out])
+
+        return Graph(
+            [Call("one", Request.of("one"), then=text_of, part=Part((1,))), Step("adder", late)],
+            output="out",
+        )
+
+    async with Engine(backend) as engine:
+        events = [e async for e in engine.stream(GraphStrategy(build), "q")]
+    answer = events[-1].answer  # type: ignore[attr-defined]
+    assert answer.text == "[zero]ONE ONE ONE"
+    assert answer_text(events) == answer.text
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("seed", range(6))
+async def test_streamed_answer_matches_for_random_parts(seed: int) -> None:
+    # Parts with random keys, prefixes and suffixes are added at random times, stream at
+    # random paces, and some fail or are cancelled: the reader's text must still add up.
+    rng = random.Random(seed)
+    count = 7
+    keys = rng.sample(range(100), count)
+    specs = {
+        f"p{i}": {
+            "key": (keys[i],),
+            "prefix": rng.choice(["", "\n- ", f"<{i}>"]),
+            "suffix": rng.choice(["", ".", f"</{i}>"]),
+            "text": " ".join(rng.choice(["a", "bb", "ccc"]) for _ in range(rng.randint(1, 6))),
+            "pace": rng.choice([0.0, 0.005, 0.02]),
+            "after": rng.choice([0.0, 0.01, 0.05, 0.1]),
+            "fate": rng.choice(["ok", "ok", "ok", "fail", "cancel"]),
+        }
+        for i in range(count)
+    }
+
+    def reply(request: Request) -> Reply | BaseException:
+        spec = specs[request.messages[-1].content]
+        if spec["fate"] == "fail":
+            return error_from_status(400, "refused")
+        delay = 30 if spec["fate"] == "cancel" else 0.0
+        return Reply(spec["text"], token_delay_s=spec["pace"], delay_s=delay)
+
+    def adder(pid: str) -> Any:
+        spec = specs[pid]
+
+        async def fn(ctx: NodeContext) -> Expand:
+            await anyio.sleep(spec["after"])
+            part = Part(spec["key"], spec["prefix"], spec["suffix"])
+            return Expand(add=[Call(pid, Request.of(pid), then=text_of, part=part)])
+
+        return fn
+
+    doomed = [pid for pid, spec in specs.items() if spec["fate"] == "cancel"]
+
+    async def reaper(ctx: NodeContext) -> Expand:
+        await anyio.sleep(0.1)  # every part has been added (it needs the adders)
+        return Expand(cancel=doomed)
+
+    def assemble(ctx: NodeContext) -> str:
+        ordered = sorted(specs, key=lambda pid: specs[pid]["key"])
+        return "".join(
+            specs[p]["prefix"] + ctx.inputs[p].value + specs[p]["suffix"]
+            for p in ordered
+            if ctx.inputs[p].ok
+        )
+
+    def build(question: str) -> Graph:
+        adders = [Step(f"add_{pid}", adder(pid)) for pid in specs]
+        late = Step(
+            "assemble_later",
+            lambda c: Expand(add=[Step("out", assemble, needs=tuple(specs), settle=True)]),
+            needs=tuple(f"add_{pid}" for pid in specs),
+        )
+        reap = Step("reaper", reaper, needs=tuple(a.id for a in adders))
+        return Graph([*adders, reap, late], output="out")
+
+    async with Engine(ScriptedBackend(reply)) as engine:
+        with anyio.fail_after(10):
+            events = [e async for e in engine.stream(GraphStrategy(build), "q")]
+    answer = events[-1].answer  # type: ignore[attr-defined]
+    assert answer.ok, answer.error
+    assert answer_text(events) == answer.text
