@@ -13,7 +13,7 @@ capacity for as long as the call runs.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
@@ -85,21 +85,27 @@ class Ticket:
 
     _window: _Window | None
     _entry: _Entry | None
+    _on_freed: Callable[[], None] | None = None
 
     def settle(self, tokens: int) -> None:
         if self._window is not None and self._entry is not None:
+            before = self._entry.amount
             self._window.correct(self._entry, max(0, tokens))
+            if self._entry.amount < before and self._on_freed is not None:
+                # Capacity came back early: a waiter may fit now, not when the window slides.
+                self._on_freed()
 
 
 class _LoopState:
     """anyio primitives belong to one event loop; a sync wrapper may start another."""
 
-    __slots__ = ("lock", "semaphore", "token")
+    __slots__ = ("freed", "lock", "semaphore", "token")
 
     def __init__(self, token: object, max_concurrency: int | None) -> None:
         self.token = token
         self.semaphore = anyio.Semaphore(max_concurrency) if max_concurrency else None
         self.lock = anyio.Lock()
+        self.freed: anyio.Event | None = None
 
 
 class Limiter:
@@ -149,12 +155,22 @@ class Limiter:
                     wait = max(wait, window.wait_s(tokens, now))
                 if wait <= 0:
                     break
-                await anyio.sleep(wait)
+                # Sleep until the window slides far enough, or until a running call
+                # settles below its estimate and frees tokens sooner.
+                state.freed = anyio.Event()
+                with anyio.move_on_after(wait):
+                    await state.freed.wait()
+                state.freed = None
             if requests is not None:
                 requests.charge(1, now)
             if window is not None:
-                return Ticket(window, window.charge(tokens, now))
+                return Ticket(window, window.charge(tokens, now), self._wake)
         return Ticket(None, None)
+
+    def _wake(self) -> None:
+        state = self._state
+        if state is not None and state.freed is not None:
+            state.freed.set()
 
     @asynccontextmanager
     async def slot(self, tokens: int = 0) -> AsyncIterator[Ticket]:
