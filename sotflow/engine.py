@@ -308,6 +308,7 @@ class _Run:
         self.t0 = 0.0
         self.tg: anyio.abc.TaskGroup | None = None
         self.done = anyio.Event()
+        self.priority = 0.0
 
     # -- bookkeeping ---------------------------------------------------------------
 
@@ -555,7 +556,7 @@ class _Run:
         prompt_only = max(
             0, estimate - params.n * (params.max_tokens or DEFAULT_COMPLETION_ESTIMATE)
         )
-        async with backend.limiter.slot(estimate) as ticket:
+        async with backend.limiter.slot(estimate, self.priority) as ticket:
             try:
                 with anyio.fail_after(timeout) if timeout is not None else nullcontext():
                     if stream:
@@ -616,6 +617,8 @@ class _Run:
 
     async def execute_run(self) -> Answer:
         self.t0 = anyio.current_time()
+        # Runs that started earlier get freed call slots first (see Limiter.slot).
+        self.priority = self.t0
         started_at = time.time()
         self.emit(RunStarted(self.run_id, self.question, self.strategy.name))
         error: BaseException | None = None

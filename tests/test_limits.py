@@ -10,6 +10,7 @@ from __future__ import annotations
 import anyio
 import pytest
 
+import sotflow
 from sotflow import ConfigurationError, Direct, Engine, Limiter, Reply, ScriptedBackend
 from sotflow.types import Request
 
@@ -255,3 +256,78 @@ async def test_engine_waits_when_real_usage_fills_the_window() -> None:
         with anyio.move_on_after(0.3):
             await engine.run(Direct(max_tokens=260), "second")
     assert backend.calls == 1  # the second call never reached the backend
+
+
+# -- priority among waiting calls -------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_waiting_calls_get_the_slot_lowest_priority_first() -> None:
+    limiter = Limiter(1)
+    granted: list[float] = []
+    release = anyio.Event()
+
+    async def holder() -> None:
+        async with limiter.slot(0, priority=0):
+            await release.wait()
+
+    async def waiter(priority: float) -> None:
+        async with limiter.slot(0, priority=priority):
+            granted.append(priority)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(holder)
+        await anyio.wait_all_tasks_blocked()
+        for priority in (5.0, 1.0, 3.0, 1.0):
+            tg.start_soon(waiter, priority)
+            await anyio.wait_all_tasks_blocked()
+        release.set()
+    assert granted == [1.0, 1.0, 3.0, 5.0]
+
+
+@pytest.mark.anyio
+async def test_a_cancelled_waiter_does_not_lose_or_keep_a_slot() -> None:
+    limiter = Limiter(1)
+    release = anyio.Event()
+    got: list[str] = []
+
+    async def holder() -> None:
+        async with limiter.slot(0):
+            await release.wait()
+
+    async def waiter(name: str) -> None:
+        async with limiter.slot(0):
+            got.append(name)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(holder)
+        await anyio.wait_all_tasks_blocked()
+        with anyio.CancelScope() as doomed:
+            doomed.cancel()
+            await waiter("cancelled")
+        tg.start_soon(waiter, "next")
+        await anyio.wait_all_tasks_blocked()
+        release.set()
+    assert got == ["next"]
+    async with limiter.slot(0):  # the slot came back
+        got.append("again")
+    assert got == ["next", "again"]
+
+
+@pytest.mark.anyio
+async def test_a_saturated_batch_finishes_questions_in_the_order_it_started_them() -> None:
+    def script(request: Request) -> Reply:
+        if request.prefill == "1.":
+            return Reply(" A\n2. B\n3. C\n4. D", delay_s=0.02)
+        return Reply(" text.", delay_s=0.02)
+
+    backend = ScriptedBackend(script, max_concurrency=2)
+    order: list[int] = []
+    async with Engine(backend) as engine:
+        async for index, answer in engine.as_completed(
+            sotflow.SkeletonOfThought(), [f"q{i}" for i in range(5)], concurrency=5
+        ):
+            assert answer.ok
+            order.append(index)
+    # Five questions want 25 calls through 2 slots; earlier questions' points go first.
+    assert order == [0, 1, 2, 3, 4]
