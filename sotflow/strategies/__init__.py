@@ -1,11 +1,13 @@
 """Strategies: each turns a question into a graph of model calls and functions."""
 
+from .best_of_n import BestOfN
 from .direct import Direct
 from .routed import Routed
 from .scoring import Judge
 from .skeleton import SkeletonOfThought
 
 __all__ = [
+    "BestOfN",
     "Direct",
     "Judge",
     "Routed",
