@@ -4,6 +4,7 @@ from .best_of_n import BestOfN
 from .direct import Direct
 from .routed import Routed
 from .scoring import Judge
+from .self_consistency import SelfConsistency
 from .skeleton import SkeletonOfThought
 
 __all__ = [
@@ -11,5 +12,6 @@ __all__ = [
     "Direct",
     "Judge",
     "Routed",
+    "SelfConsistency",
     "SkeletonOfThought",
 ]
