@@ -2,6 +2,7 @@
 
 from .best_of_n import BestOfN
 from .direct import Direct
+from .refine import Refine
 from .routed import Routed
 from .scoring import Judge
 from .self_consistency import SelfConsistency
@@ -11,6 +12,7 @@ __all__ = [
     "BestOfN",
     "Direct",
     "Judge",
+    "Refine",
     "Routed",
     "SelfConsistency",
     "SkeletonOfThought",
