@@ -7,6 +7,7 @@ from .routed import Routed
 from .scoring import Judge
 from .self_consistency import SelfConsistency
 from .skeleton import SkeletonOfThought
+from .tree_search import TreeSearch
 
 __all__ = [
     "BestOfN",
@@ -16,4 +17,5 @@ __all__ = [
     "Routed",
     "SelfConsistency",
     "SkeletonOfThought",
+    "TreeSearch",
 ]
