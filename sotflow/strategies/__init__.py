@@ -1,6 +1,7 @@
 """Strategies: each turns a question into a graph of model calls and functions."""
 
 from .best_of_n import BestOfN
+from .chain import Chain
 from .direct import Direct
 from .refine import Refine
 from .routed import Routed
@@ -11,6 +12,7 @@ from .tree_search import TreeSearch
 
 __all__ = [
     "BestOfN",
+    "Chain",
     "Direct",
     "Judge",
     "Refine",
