@@ -4,6 +4,7 @@ from .best_of_n import BestOfN
 from .chain import Chain
 from .direct import Direct
 from .refine import Refine
+from .rejection import RejectionSampling
 from .routed import Routed
 from .scoring import Judge
 from .self_consistency import SelfConsistency
@@ -16,6 +17,7 @@ __all__ = [
     "Direct",
     "Judge",
     "Refine",
+    "RejectionSampling",
     "Routed",
     "SelfConsistency",
     "SkeletonOfThought",
