@@ -36,13 +36,15 @@ def valid(text: str) -> bool:
 async def main() -> None:
     async with sotflow.Engine(backend(offline)) as engine:
         # Up to 8 samples, 2 at a time; the first accepted one wins, the rest are cancelled.
-        answer = await engine.run(RejectionSampling(valid, 8, batch=2), QUESTION)
-        print(f"accepted sample {answer.details['accepted']} of {answer.details['tried']}:")
-        print(answer.text)
-        try:
-            await engine.run(RejectionSampling(lambda text: False, 3), QUESTION)
-        except NoAnswerError as exc:
-            print(f"\nnothing accepted: {exc}")
+        # When none passes, NoAnswerError says so and keeps every sample in .details.
+        for verifier in (valid, lambda text: False):
+            try:
+                answer = await engine.run(RejectionSampling(verifier, 8, batch=2), QUESTION)
+            except NoAnswerError as exc:
+                print(f"nothing accepted: {exc}")
+                continue
+            print(f"accepted sample {answer.details['accepted']} of {answer.details['tried']}:")
+            print(answer.text, end="\n\n")
 
 
 if __name__ == "__main__":
