@@ -18,16 +18,16 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import GraphError
 from ..graph import Expand, Graph, Node, NodeContext, Outcome, Result, Step
-from ..types import Message, Request
+from ..types import Message, SamplingParams
 from .base import BuildContext
 from .scoring import (
-    Sample,
     Scorer,
     check_logprobs,
     needs_logprobs,
     resolve_scorer,
     sample_call,
-    sample_params,
+    sample_request,
+    sample_row,
 )
 
 if TYPE_CHECKING:
@@ -62,9 +62,9 @@ class BestOfN:
         self.system = system
         self.seed = seed
         self.backend = backend
-        self.params = sample_params(max_tokens, temperature, params).replace(
-            logprobs=needs_logprobs(self.scorer)
-        )
+        self.params = SamplingParams(max_tokens=max_tokens, temperature=temperature, **params)
+        if needs_logprobs(self.scorer):
+            self.params = self.params.replace(logprobs=True)
 
     def __repr__(self) -> str:
         return f"BestOfN(n={self.n}, scorer={self.scorer!r}, threshold={self.threshold})"
@@ -73,12 +73,10 @@ class BestOfN:
         if needs_logprobs(self.scorer):
             check_logprobs(self.backend or ctx.backend, "scorer")
         head = (Message.system(self.system),) if self.system else ()
+        messages = (*head, Message.user(question))
         nodes: list[Node] = []
         for i in range(1, self.n + 1):
-            params = self.params
-            if self.seed is not None:
-                params = params.replace(seed=self.seed + i - 1)
-            request = Request((*head, Message.user(question)), params)
+            request = sample_request(messages, self.params, seed=self.seed, index=i)
             nodes.append(sample_call(f"sample{i}", request, index=i, backend=self.backend))
             done = self._on_score(i) if self.threshold is not None else None
             nodes.append(self.scorer.node(f"score{i}", f"sample{i}", done=done))
@@ -101,36 +99,27 @@ class BestOfN:
 
     def _pick(self, ctx: NodeContext) -> Result:
         rows: list[dict[str, Any]] = []
-        best: tuple[float, int, Sample] | None = None
         first_error: BaseException | None = None
         for i in range(1, self.n + 1):
-            sample = ctx.outcome(f"sample{i}") or Outcome("cancelled")
+            # A failed sample fails its score node too, with the sample's error.
             score: Outcome = ctx[f"score{i}"]
-            failed = score if score.status == "failed" else sample
-            row: dict[str, Any] = {"index": i, "status": score.status, "score": None}
-            if sample.ok:
-                row["text"] = sample.value.text
-            if score.ok:
-                row["score"] = score.value
-                if best is None or score.value > best[0]:
-                    best = (score.value, i, sample.value)
-            elif failed.status == "failed" and failed.error is not None:
-                row["error"] = f"{type(failed.error).__name__}: {failed.error}"
-                first_error = first_error or failed.error
-                ctx.warn(f"sample {i} has no score: {row['error']}")
+            row = sample_row(ctx, i, score, "has no score")
+            row["score"] = score.value if score.ok else None
+            first_error = first_error or score.error
             rows.append(row)
-        if best is None:
+        scored = [r for r in rows if r["score"] is not None]
+        if not scored:
             if first_error is not None:
                 raise first_error
             raise GraphError("every sample was cancelled before it was scored")
-        score, chosen, sample = best
-        scores = {r["index"]: r["score"] for r in rows if r["score"] is not None}
+        # max() keeps the first of equal scores: ties go to the lower sample number.
+        best = max(scored, key=lambda r: r["score"])
         return Result(
-            sample.text,
+            best["text"],
             details={
-                "chosen": chosen,
-                "score": score,
-                "scores": scores,
+                "chosen": best["index"],
+                "score": best["score"],
+                "scores": {r["index"]: r["score"] for r in scored},
                 "threshold": self.threshold,
                 "stopped_early": any(r["status"] == "cancelled" for r in rows),
                 "samples": rows,

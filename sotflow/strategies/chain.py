@@ -29,8 +29,9 @@ from typing import TYPE_CHECKING, Any
 from ..errors import ConfigurationError
 from ..graph import Call, Embed, Graph, Node, NodeContext, Part, Result, Step
 from ..prompts import Prompts
-from ..types import Completion, Message, Request, SamplingParams
+from ..types import Message, Request, SamplingParams
 from .base import BuildContext, Strategy
+from .scoring import completion_text
 
 if TYPE_CHECKING:
     from ..backends.base import Backend
@@ -121,9 +122,10 @@ class Chain:
             def request(ctx: NodeContext, prompt: Callable[[NodeContext], str] = prompt) -> Request:
                 return Request((*head, Message.user(prompt(ctx))), self.params)
 
-            nodes.append(
-                Call(node_id, request, needs=needs, then=_text, backend=self.backend, part=part)
+            call = Call(
+                node_id, request, needs=needs, then=completion_text, backend=self.backend, part=part
             )
+            nodes.append(call)
         steps = tuple(f"step{i}" for i in range(1, last + 1))
         nodes.append(Step("answer", self._assemble, needs=steps))
         return Graph(tuple(nodes), output="answer")
@@ -165,7 +167,3 @@ def _renderer(link: _Link, index: int) -> Callable[[NodeContext], str]:
 
 def _output(value: Any) -> str:
     return value.text if isinstance(value, Result) else str(value)
-
-
-def _text(completion: Completion, ctx: NodeContext) -> str:
-    return completion.text

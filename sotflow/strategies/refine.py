@@ -26,7 +26,7 @@ from ..graph import Call, Expand, Graph, Node, NodeContext, Result, Step
 from ..prompts import Prompts
 from ..types import Completion, Message, Request, SamplingParams
 from .base import BuildContext
-from .scoring import call_maybe_async
+from .scoring import call_maybe_async, completion_text
 
 if TYPE_CHECKING:
     from ..backends.base import Backend
@@ -94,7 +94,8 @@ class Refine:
 
     def build(self, question: str, ctx: BuildContext) -> Graph:
         head = (Message.system(self.system),) if self.system else ()
-        draft = Call("draft", Request((*head, Message.user(question)), self.params), then=_text)
+        request = Request((*head, Message.user(question)), self.params)
+        draft = Call("draft", request, then=completion_text)
         return Graph((draft, *self._after_text(0)), output="answer")
 
     # -- one round at a time ---------------------------------------------------------------
@@ -154,7 +155,7 @@ class Refine:
             )
             return Request((*head, Message.user(user)), self.params)
 
-        revise = Call(_text_id(nxt), request, needs=(source, critique_id), then=_text)
+        revise = Call(_text_id(nxt), request, needs=(source, critique_id), then=completion_text)
         return Expand(value=critique, add=[revise, *self._after_text(nxt)])
 
     def _answer(self, last: int, *, critiqued: bool) -> Step:
@@ -184,7 +185,3 @@ class Refine:
             )
 
         return Step("answer", answer, needs=tuple(needs))
-
-
-def _text(completion: Completion, ctx: NodeContext) -> str:
-    return completion.text

@@ -24,9 +24,16 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import BudgetExceededError, ConfigurationError, NoAnswerError
 from ..graph import Expand, Graph, Node, NodeContext, Outcome, Result, Step
-from ..types import Message, Request
+from ..types import Message, SamplingParams
 from .base import BuildContext
-from .scoring import Judge, call_maybe_async, resolve_scorer, sample_call, sample_params
+from .scoring import (
+    Judge,
+    call_maybe_async,
+    resolve_scorer,
+    sample_call,
+    sample_request,
+    sample_row,
+)
 
 if TYPE_CHECKING:
     from ..backends.base import Backend
@@ -81,7 +88,7 @@ class RejectionSampling:
         self.system = system
         self.seed = seed
         self.backend = backend
-        self.params = sample_params(max_tokens, temperature, params)
+        self.params = SamplingParams(max_tokens=max_tokens, temperature=temperature, **params)
 
     def __repr__(self) -> str:
         verifier = self.judge if self.judge is not None else getattr(self.check, "__name__", "fn")
@@ -99,12 +106,10 @@ class RejectionSampling:
         first = (number - 1) * self.batch + 1
         last = min(number * self.batch, self.max_samples)
         head = (Message.system(self.system),) if self.system else ()
+        messages = (*head, Message.user(question))
         nodes: list[Node] = []
         for i in range(first, last + 1):
-            params = self.params
-            if self.seed is not None:
-                params = params.replace(seed=self.seed + i - 1)
-            request = Request((*head, Message.user(question)), params)
+            request = sample_request(messages, self.params, seed=self.seed, index=i)
             nodes.append(sample_call(f"sample{i}", request, index=i, backend=self.backend))
             nodes.append(self._verify(i))
         verdicts = tuple(f"verify{i}" for i in range(first, last + 1))
@@ -168,16 +173,9 @@ class RejectionSampling:
         rows: list[dict[str, Any]] = []
         for i in range(1, last + 1):
             verdict = ctx.outcome(f"verify{i}") or Outcome("cancelled")
-            sample = ctx.outcome(f"sample{i}") or Outcome("cancelled")
-            row: dict[str, Any] = {"index": i, "status": verdict.status}
-            if sample.ok:
-                row["text"] = sample.value.text
+            row = sample_row(ctx, i, verdict, "could not be verified", warn=i >= first)
             if verdict.ok:
                 row.update(accepted=verdict.value.accepted, score=verdict.value.score)
-            elif verdict.error is not None:
-                row["error"] = f"{type(verdict.error).__name__}: {verdict.error}"
-                if i >= first:
-                    ctx.warn(f"sample {i} could not be verified: {row['error']}")
             rows.append(row)
         return rows
 

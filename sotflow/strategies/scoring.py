@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 from ..errors import ConfigurationError
-from ..graph import Call, NodeContext, Step
+from ..graph import Call, NodeContext, Outcome, Step
 from ..prompts import Prompts
 from ..types import Completion, Message, Request, SamplingParams
 
@@ -39,15 +39,18 @@ __all__ = [
     "Scorer",
     "call_maybe_async",
     "check_logprobs",
+    "completion_text",
     "needs_logprobs",
     "parse_score",
     "resolve_scorer",
     "sample_call",
-    "sample_params",
+    "sample_request",
+    "sample_row",
 ]
 
 ScoreFn = Callable[[str], float | Awaitable[float]]
 Done = Callable[[float, NodeContext], Any]
+TextOf = Callable[[NodeContext], str]
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,10 +63,14 @@ class Sample:
     finish_reason: str | None = None
 
 
-def sample_params(
-    max_tokens: int | None, temperature: float | None, params: Mapping[str, Any]
-) -> SamplingParams:
-    return SamplingParams(max_tokens=max_tokens, temperature=temperature, **params)
+def sample_request(
+    messages: tuple[Message, ...], params: SamplingParams, *, seed: int | None, index: int
+) -> Request:
+    """Sample ``index`` (from 1) of a set; with a base ``seed`` it gets ``seed + index - 1``,
+    so the set is reproducible and no two samples share a seed."""
+    if seed is not None:
+        params = params.replace(seed=seed + index - 1)
+    return Request(messages, params)
 
 
 def sample_call(
@@ -72,7 +79,6 @@ def sample_call(
     *,
     index: int,
     backend: Backend | None = None,
-    needs: tuple[str, ...] = (),
     meta: Mapping[str, Any] | None = None,
 ) -> Call:
     """One sampled answer; its value is a ``Sample``."""
@@ -81,7 +87,29 @@ def sample_call(
         choice = completion.choices[0]
         return Sample(index, choice.text, choice.mean_logprob, choice.finish_reason)
 
-    return Call(node_id, request, needs=needs, then=then, backend=backend, meta=dict(meta or {}))
+    return Call(node_id, request, then=then, backend=backend, meta=dict(meta or {}))
+
+
+def sample_row(
+    ctx: NodeContext, index: int, outcome: Outcome, problem: str, *, warn: bool = True
+) -> dict[str, Any]:
+    """What became of sample ``index``, for ``answer.details``: its number, the status of
+    the node that judged it (``outcome``), its text and the error that stopped it, if any
+    (also a warning: "sample 3 <problem>: ...")."""
+    row: dict[str, Any] = {"index": index, "status": outcome.status}
+    sample = ctx.outcome(f"sample{index}")
+    if sample is not None and sample.ok:
+        row["text"] = sample.value.text
+    if outcome.status == "failed" and outcome.error is not None:
+        row["error"] = f"{type(outcome.error).__name__}: {outcome.error}"
+        if warn:
+            ctx.warn(f"sample {index} {problem}: {row['error']}")
+    return row
+
+
+def completion_text(completion: Completion, ctx: NodeContext) -> str:
+    """A call's ``then`` that makes its value the reply's text."""
+    return completion.text
 
 
 async def call_maybe_async(fn: Callable[[str], Any], text: str) -> Any:
@@ -185,12 +213,12 @@ class Judge:
         node_id: str,
         source: str,
         *,
-        text: Callable[[NodeContext], str] | None = None,
+        text: TextOf | None = None,
         done: Done | None = None,
         meta: Mapping[str, Any] | None = None,
     ) -> Call:
         """A call that rates the text of the sample node ``source``."""
-        text_of = text or (lambda ctx: ctx[source].text)
+        text_of = text or _sample_text(source)
 
         def request(ctx: NodeContext) -> Request:
             return self.request(ctx.question, text_of(ctx))
@@ -218,11 +246,11 @@ class _FunctionScorer:
         node_id: str,
         source: str,
         *,
-        text: Callable[[NodeContext], str] | None = None,
+        text: TextOf | None = None,
         done: Done | None = None,
         meta: Mapping[str, Any] | None = None,
     ) -> Step:
-        text_of = text or (lambda ctx: ctx[source].text)
+        text_of = text or _sample_text(source)
         fn = self.fn
 
         async def score(ctx: NodeContext) -> Any:
@@ -238,7 +266,7 @@ class _LogprobScorer:
         node_id: str,
         source: str,
         *,
-        text: Callable[[NodeContext], str] | None = None,
+        text: TextOf | None = None,
         done: Done | None = None,
         meta: Mapping[str, Any] | None = None,
     ) -> Step:
@@ -287,6 +315,10 @@ def check_logprobs(backend: Backend, what: str) -> None:
             f"(model {backend.model!r}) does not return them (capabilities.logprobs is "
             "False); score with a function or a Judge(...) instead"
         )
+
+
+def _sample_text(source: str) -> TextOf:
+    return lambda ctx: ctx[source].text
 
 
 def _as_score(value: Any, fn: Callable[..., Any]) -> float:

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 from ..errors import GraphError, NoAnswerError
 from ..graph import Expand, Graph, Node, NodeContext, Outcome, Result, Step
 from ..prompts import Prompts
-from ..types import Message, Request
+from ..types import Message, SamplingParams
 from .answers import Extract, make_extractor, normalize_answer
 from .base import BuildContext
 from .scoring import (
@@ -42,7 +42,8 @@ from .scoring import (
     check_logprobs,
     resolve_scorer,
     sample_call,
-    sample_params,
+    sample_request,
+    sample_row,
 )
 
 if TYPE_CHECKING:
@@ -124,9 +125,9 @@ class SelfConsistency:
             self.max_weight = float(self.weigher.scale) if max_weight is None else max_weight
         else:
             self.max_weight = max_weight
-        self.params = sample_params(max_tokens, temperature, params).replace(
-            logprobs=self.logprob_weights
-        )
+        self.params = SamplingParams(max_tokens=max_tokens, temperature=temperature, **params)
+        if self.logprob_weights:
+            self.params = self.params.replace(logprobs=True)
 
     def __repr__(self) -> str:
         return (
@@ -141,13 +142,8 @@ class SelfConsistency:
         user = Message.user(self.prompts.render("self_consistency.user", question=question))
         nodes: list[Node] = []
         for i in range(1, self.n + 1):
-            params = self.params
-            if self.seed is not None:
-                params = params.replace(seed=self.seed + i - 1)
-            nodes.append(
-                sample_call(f"sample{i}", Request((*head, user), params), index=i,
-                            backend=self.backend)
-            )  # fmt: skip
+            request = sample_request((*head, user), self.params, seed=self.seed, index=i)
+            nodes.append(sample_call(f"sample{i}", request, index=i, backend=self.backend))
             nodes.append(self._vote_node(i))
         votes = tuple(f"vote{i}" for i in range(1, self.n + 1))
         nodes.append(Step("answer", self._count, needs=votes, settle=True))
@@ -192,22 +188,15 @@ class SelfConsistency:
     def _count(self, ctx: NodeContext) -> Result:
         ballots: list[_Ballot] = []
         rows: list[dict[str, Any]] = []
-        texts: dict[int, str] = {}
         first_error: BaseException | None = None
         for i in range(1, self.n + 1):
             vote: Outcome = ctx[f"vote{i}"]
-            sample = ctx.outcome(f"sample{i}") or Outcome("cancelled")
-            row: dict[str, Any] = {"index": i, "status": vote.status}
-            if sample.ok:
-                texts[i] = row["text"] = sample.value.text
+            row = sample_row(ctx, i, vote, "did not vote")
             if vote.ok:
                 ballot: _Ballot = vote.value
                 ballots.append(ballot)
                 row.update(answer=ballot.answer, normalized=ballot.key, weight=ballot.weight)
-            elif vote.status == "failed" and vote.error is not None:
-                row["error"] = f"{type(vote.error).__name__}: {vote.error}"
-                first_error = first_error or vote.error
-                ctx.warn(f"sample {i} did not vote: {row['error']}")
+            first_error = first_error or vote.error
             rows.append(row)
         unextracted = [b.index for b in ballots if b.key is None]
         standings = _standings(ballots)
@@ -226,7 +215,7 @@ class SelfConsistency:
         weighted = self.weigher is not None
         cancelled = [r["index"] for r in rows if r["status"] == "cancelled"]
         return Result(
-            texts[winner.first],
+            rows[winner.first - 1]["text"],
             details={
                 "answer": winner.key,
                 "votes": {s.key: (s.weight if weighted else s.count) for s in standings},

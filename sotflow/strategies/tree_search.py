@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 from ..errors import GraphError
 from ..graph import Expand, Graph, Node, NodeContext, Outcome, Result, Step
 from ..prompts import Prompts
-from ..types import Message, Request
+from ..types import Message, Request, SamplingParams
 from .answers import extract_answer_line, normalize_answer
 from .base import BuildContext
 from .scoring import (
@@ -40,7 +40,6 @@ from .scoring import (
     needs_logprobs,
     resolve_scorer,
     sample_call,
-    sample_params,
 )
 
 if TYPE_CHECKING:
@@ -118,9 +117,9 @@ class TreeSearch:
         self.system = system
         self.backend = backend
         self.prompts = prompts if isinstance(prompts, Prompts) else Prompts(prompts, prompt_dir)
-        self.params = sample_params(max_tokens, temperature, params).replace(
-            logprobs=needs_logprobs(self.scorer)
-        )
+        self.params = SamplingParams(max_tokens=max_tokens, temperature=temperature, **params)
+        if needs_logprobs(self.scorer):
+            self.params = self.params.replace(logprobs=True)
 
     def __repr__(self) -> str:
         return (
@@ -204,8 +203,7 @@ class TreeSearch:
             kept_ids = {p.id for p in ranked[: self.breadth]}
             level_paths = [replace(p, kept=p.id in kept_ids) for p in scored] + failed
             tree = (*explored, *sorted(level_paths, key=lambda p: _order(p.id)))
-            kept = [p for p in ranked[: self.breadth]]
-            kept = [replace(p, kept=True) for p in kept]
+            kept = [replace(p, kept=True) for p in ranked[: self.breadth]]
             if kept and kept[0].terminal:
                 return Expand(value=kept[0].id, add=[self._answer(kept[0], tree, level)])
             done = (*finished, *(p for p in kept if p.terminal))
