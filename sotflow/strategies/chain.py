@@ -11,7 +11,7 @@ pair ``(strategy, template)``:
 
     Chain(SkeletonOfThought(), Refine(1))
     Chain("List the facts in: $question", "Answer $question using only:\\n$previous")
-    Chain(Direct(), (BestOfN(4, judge), "Make this clearer:\\n$previous"))
+    Chain(Direct(), (BestOfN(4, Judge()), "Make this clearer:\\n$previous"))
 
 The last step streams as the answer (a call's tokens, or an embedded strategy's own
 answer parts where it has them, e.g. SoT's points). ``answer.details["steps"]`` holds

@@ -56,6 +56,8 @@ class _Path:
     level: int
     parent: str | None
     steps: tuple[str, ...]
+    """The steps from the root, this one's last once it is written."""
+    written: bool = False
     score: float | None = None
     status: str = "ok"
     kept: bool = False
@@ -70,7 +72,7 @@ class _Path:
             "id": self.id,
             "level": self.level,
             "parent": self.parent,
-            "step": self.steps[-1] if self.steps else None,
+            "step": self.steps[-1] if self.written else None,
             "score": self.score,
             "status": self.status,
             "kept": self.kept,
@@ -188,12 +190,12 @@ class TreeSearch:
             for child in children:
                 proposal = ctx.outcome(child.id) or Outcome("cancelled")
                 score: Outcome = ctx[f"{child.id}.score"]
-                if proposal.ok and score.ok:
+                if proposal.ok:
                     step = _step(proposal.value)
-                    scored.append(
-                        replace(child, steps=(*child.steps, step), score=score.value,
-                                terminal=bool(self.terminal(step)))
-                    )  # fmt: skip
+                    child = replace(child, steps=(*child.steps, step), written=True,
+                                    terminal=bool(self.terminal(step)))  # fmt: skip
+                if score.ok:
+                    scored.append(replace(child, score=score.value))
                 else:
                     failed.append(replace(child, status=score.status))
                     if score.error is not None:

@@ -125,10 +125,12 @@ async def test_identical_steps_for_one_parent_are_kept_once() -> None:
 
 @pytest.mark.anyio
 async def test_a_judge_rates_the_path_so_far() -> None:
-    def script(request: Request) -> str:
+    propose = proposer()
+
+    def script(request: Request) -> object:
         if request.prefill == "Score:":
             return " 8" if "d1-s0" in request.messages[-1].content else " 3"
-        return proposer()(request).text  # type: ignore[return-value]
+        return propose(request)
 
     backend = sotflow.ScriptedBackend(script)
     async with sotflow.Engine(backend) as engine:
@@ -166,18 +168,29 @@ async def test_a_token_budget_stops_the_search() -> None:
 @pytest.mark.anyio
 async def test_failed_proposals_are_dropped_and_recorded() -> None:
     calls = itertools.count()
+    propose = proposer()
 
     def script(request: Request) -> object:
         if next(calls) == 1:
             return sotflow.BadRequestError("refused", status_code=400)
-        return proposer()(request)
+        return propose(request)
+
+    def picky(text: str) -> float:
+        if text.endswith("d1-s1"):
+            raise ValueError("cannot rate this one")
+        return rank(text)
 
     backend = sotflow.ScriptedBackend(script)
     async with sotflow.Engine(backend) as engine:
-        answer = await engine.run(TreeSearch(1, 1, proposals=3, scorer=len), "Q?")
-    statuses = [p["status"] for p in answer.details["tree"]]
-    assert sorted(statuses) == ["failed", "ok", "ok"]
-    assert any("BadRequestError" in w for w in answer.trace.warnings)  # type: ignore[union-attr]
+        answer = await engine.run(TreeSearch(1, 1, proposals=4, scorer=picky), "Q?")
+    records = {p["step"]: p for p in answer.details["tree"]}
+    # The refused call wrote no step; the step the scorer choked on is kept on record.
+    assert records[None]["status"] == "failed" and records["d1-s1"]["status"] == "failed"
+    assert records["d1-s1"]["score"] is None and not records["d1-s1"]["kept"]
+    assert [records[s]["status"] for s in ("d1-s0", "d1-s2")] == ["ok", "ok"]
+    assert answer.text == "d1-s2"
+    warnings = " ".join(answer.trace.warnings)  # type: ignore[union-attr]
+    assert "BadRequestError" in warnings and "cannot rate this one" in warnings
 
 
 def test_logprob_scoring_needs_logprobs_and_judges_can_be_swapped() -> None:
