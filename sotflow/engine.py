@@ -423,12 +423,29 @@ class _Run:
 
     def check_stalled(self) -> None:
         if self.active == 0 and not self.done.is_set():
-            if self.output not in self.states:
+            cause = self.unhandled_failure()
+            if cause is not None:
+                # A growing graph stalls when the node that would have grown it failed
+                # (a skeleton call with a bad key, a refinement over budget): that
+                # failure is the run's error, not the stall it caused.
+                self.failure = cause
+            elif self.output not in self.states:
                 message = f"the graph finished without ever adding its output node {self.output!r}"
+                self.failure = GraphError(message)
             else:
                 message = f"the graph stalled before its output node {self.output!r} could run"
-            self.failure = GraphError(message)
+                self.failure = GraphError(message)
             self.done.set()
+
+    def unhandled_failure(self) -> BaseException | None:
+        """The first error that no ``settle`` node took in (those are handled)."""
+        for full_id, outcome in self.outcomes.items():
+            if outcome.status != "failed" or outcome.error is None:
+                continue
+            takers = self.dependents.get(full_id, ())
+            if not any(getattr(d.node, "settle", False) for d in takers):
+                return outcome.error
+        return None
 
     # -- execution -----------------------------------------------------------------
 
