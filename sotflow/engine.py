@@ -511,7 +511,6 @@ class _Run:
         stream = self.sink is not None
         policy = self.engine.retry
         state.attempts = 1
-        self.budget.check()
         try:
             # Most calls succeed first time; the retry machinery only starts on a failure.
             completion = await self.attempt(state, backend, request, estimate, stream)
@@ -554,7 +553,6 @@ class _Run:
                 if replay:
                     raise replay.pop()
                 state.attempts += 1
-                self.budget.check()
                 completion = await self.attempt(state, backend, request, estimate, stream)
         assert completion is not None
         return completion
@@ -574,6 +572,13 @@ class _Run:
             0, estimate - params.n * (params.max_tokens or DEFAULT_COMPLETION_ESTIMATE)
         )
         async with backend.limiter.slot(estimate, self.priority) as ticket:
+            # Checked once the slot is ours: calls queued behind the cap while others
+            # spent the budget must not start (and are charged nothing).
+            try:
+                self.budget.check()
+            except BudgetExceededError:
+                ticket.settle(0)
+                raise
             try:
                 with anyio.fail_after(timeout) if timeout is not None else nullcontext():
                     if stream:

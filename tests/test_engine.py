@@ -32,6 +32,7 @@ from sotflow import (
     RunStarted,
     ScriptedBackend,
     ServerError,
+    Step,
     StreamInterruptedError,
     StreamReset,
     TextDelta,
@@ -395,3 +396,20 @@ async def test_closing_as_completed_early_cancels_the_rest() -> None:
                 break
         await wait_until(lambda: backend.in_flight == 0)
         assert backend.cancelled == 3
+
+
+@pytest.mark.anyio
+async def test_calls_queued_behind_the_cap_do_not_start_once_the_budget_is_spent() -> None:
+    # Four parallel calls, one slot: the first spends the whole budget while the other
+    # three wait for the slot; none of them may start.
+    backend = ScriptedBackend(["one two three four five six seven eight"] * 4, max_concurrency=1)
+
+    def build(question: str) -> Graph:
+        calls = [Call(f"c{i}", Request.of(f"q{i}")) for i in range(4)]
+        out = Step("out", lambda c: "x", needs=tuple(f"c{i}" for i in range(4)))
+        return Graph([*calls, out], output="out")
+
+    async with Engine(backend, budget=5) as engine:
+        answer = await engine.run(GraphStrategy(build), "q", return_errors=True)
+    assert backend.calls == 1
+    assert answer.error is not None and answer.error.type == "BudgetExceededError"
