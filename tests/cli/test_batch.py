@@ -10,7 +10,16 @@ import pytest
 
 from sotflow.testing import Fault, LoopbackServer
 
-from .conftest import DIRECT_QUESTIONS, SOT_QUESTIONS, Runner, read_records, write_jsonl
+from .conftest import (
+    DIRECT_QUESTIONS,
+    SOT_QUESTIONS,
+    Runner,
+    count_lines,
+    read_records,
+    start_cli,
+    wait_for,
+    write_jsonl,
+)
 
 DAG_QUESTION = "Compare renting and buying a home, then recommend one for a young family."
 OUTPUT_FIELDS = (
@@ -183,3 +192,43 @@ def test_concurrency_caps_model_calls_in_flight(
     assert stats["peak_in_flight"] <= concurrency
     # ... and it is a cap, not serialisation: with room for 3, 3 calls did overlap.
     assert stats["peak_in_flight"] == concurrency
+
+
+def test_ordered_buffer_is_bounded(
+    env: dict[str, str], loopback: LoopbackServer, tmp_path: Path
+) -> None:
+    # The first item is held back 2 s; the other 99 answer at once. In order mode they
+    # wait for it in a buffer of max(64, 4 x concurrency) items, so no more than 64
+    # items may be started until the first is written.
+    rows = [{"question": f"Ordered {i}: what matters?"} for i in range(100)]
+    source = write_jsonl(tmp_path / "in.jsonl", rows)
+    out = tmp_path / "out.jsonl"
+    loopback.inject(Fault(kind="delay", delay_s=2.0, match="Ordered 0:"))
+    process = start_cli(
+        ["batch", str(source), "-o", str(out), "--prefill", "--strategy", "direct",
+         "--ordered", "--concurrency", "4", "--quiet"],
+        env,
+    )  # fmt: skip
+    try:
+        wait_for(lambda: loopback.stats()["requests"] >= 64, timeout=30, what="64 requests")
+        # Until the first item is written, the count must stay at the bound.
+        while count_lines(out) == 0 and process.poll() is None:
+            assert loopback.stats()["requests"] <= 64
+        _, stderr = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 0, stderr
+    assert [r["id"] for r in read_records(out)] == list(range(1, 101))
+
+
+def test_max_tokens_caps_a_direct_answer(cli: Runner, tmp_path: Path) -> None:
+    source = write_jsonl(tmp_path / "in.jsonl", [{"question": DIRECT_QUESTIONS[1]}])
+    out = tmp_path / "out.jsonl"
+    args = ["batch", str(source), "-o", str(out), "--prefill", "--strategy", "direct"]
+    result = cli(*args, "--max-tokens", "20", "--temperature", "0.2")
+    assert result.code == 0, result.stderr
+    (record,) = read_records(out)
+    # The responder writes 300-450 words; the server stops at max_tokens.
+    assert record["usage"]["completion_tokens"] == 20
+    assert len(record["answer"].split()) == 20

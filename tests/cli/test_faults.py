@@ -46,6 +46,20 @@ def test_retried_faults_succeed_and_record_attempts(
     assert stats["requests"] == 6 + 2
 
 
+def test_max_retries_is_honoured(cli: Runner, loopback: LoopbackServer, tmp_path: Path) -> None:
+    source = write_jsonl(tmp_path / "in.jsonl", [{"question": q} for q in QUESTIONS[:2]])
+    loopback.inject(Fault(kind="status", status=500, match="Item 1:", times=5))
+    out = tmp_path / "out.jsonl"
+    args = ["batch", str(source), "-o", str(out), "--prefill", "--strategy", "direct"]
+    result = cli(*args, "--max-retries", "1")
+    assert result.code == 1, result.stderr
+    by_id = {r["id"]: r for r in read_records(out)}
+    assert by_id[2]["error"]["type"] == "ServerError"
+    assert by_id[2]["attempts"] == 2  # the first try and one retry
+    assert by_id[1]["error"] is None
+    assert loopback.stats()["requests"] == 3
+
+
 def test_attempt_timeout_is_retried(cli: Runner, loopback: LoopbackServer, tmp_path: Path) -> None:
     source = write_jsonl(tmp_path / "in.jsonl", [{"question": q} for q in QUESTIONS[:3]])
     loopback.inject(Fault(kind="hang", match="Item 1:"))
