@@ -96,7 +96,8 @@ def cmd_ask(args: argparse.Namespace) -> int:
 
 
 def _resume_command(args: argparse.Namespace) -> str:
-    argv = [a for a in sys.argv[1:] if a != "--overwrite"]
+    # The arguments main() parsed, not sys.argv: main(argv) may be called from Python.
+    argv = [a for a in args.argv if a != "--overwrite"]
     if "--resume" not in argv:
         argv.append("--resume")
     return "sotflow " + " ".join(shlex.quote(a) for a in argv)
@@ -160,7 +161,15 @@ def cmd_batch(args: argparse.Namespace) -> int:
     if outcome.fatal or outcome.interrupted:
         if outcome.fatal:
             print(f"sotflow: stopped early: {outcome.fatal}", file=sys.stderr)
-        if outcome.unfinished:
+        if outcome.unfinished and output is None:
+            # Records on stdout are the caller's to keep; --resume needs a file.
+            print(
+                f"sotflow: {outcome.unfinished} item(s) not answered yet; the output went to "
+                "stdout, so there is nothing to resume: write to a file (-o FILE) to be able "
+                "to continue with --resume",
+                file=sys.stderr,
+            )
+        elif outcome.unfinished:
             print(
                 f"sotflow: {outcome.unfinished} item(s) not answered yet; continue with:\n"
                 f"  {_resume_command(args)}",
@@ -366,6 +375,7 @@ def main(argv: list[str] | None = None) -> None:
     if argv[:1] == ["train-router"]:
         sys.exit(cmd_train_router(argparse.Namespace(), argv[1:]))
     args = parser.parse_args(argv)
+    args.argv = argv
     commands = {
         "ask": cmd_ask,
         "batch": cmd_batch,
@@ -381,6 +391,11 @@ def main(argv: list[str] | None = None) -> None:
     except (ConfigurationError, FileNotFoundError) as exc:
         print(f"sotflow: error: {exc}", file=sys.stderr)
         code = EXIT_USAGE
+    except KeyboardInterrupt:
+        # Ctrl-C outside a batch's own handling (ask, route, bench, start-up): no
+        # traceback; batch handles it itself, finishing in-flight work first.
+        print("sotflow: interrupted", file=sys.stderr)
+        code = EXIT_INTERRUPTED
     except BrokenPipeError:
         # The reader went away (`sotflow ask ... | head`); nothing left to say to it.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import signal
@@ -176,3 +177,45 @@ def test_second_ctrl_c_cancels_in_flight_work(
     wait_for(lambda: loopback.stats()["in_flight"] == 0, timeout=10, what="calls to be cut")
     assert loopback.stats()["disconnects"] == 2
     assert "5 item(s) not answered yet" in stderr
+
+
+def test_ctrl_c_with_output_on_stdout_offers_no_resume_command(
+    env: dict[str, str], loopback: LoopbackServer, tmp_path: Path
+) -> None:
+    rows = questions(4)
+    source = write_jsonl(tmp_path / "in.jsonl", rows)
+    for row in rows[1:]:
+        loopback.inject(Fault(kind="hang", match=row["question"]))
+    process = start_cli(
+        ["batch", str(source), "-o", "-", "--prefill", "--strategy", "direct", "--grace", "0.1"],
+        env,
+    )
+    try:
+        wait_for(lambda: loopback.stats()["in_flight"] == 3, timeout=30, what="3 hung calls")
+        process.send_signal(signal.SIGINT)
+        stdout, stderr = process.communicate(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 130, stderr
+    assert [json.loads(line)["id"] for line in stdout.splitlines()] == ["q00"]
+    assert "3 item(s) not answered yet" in stderr
+    assert "continue with:" not in stderr and "sotflow batch" not in stderr  # nothing to rerun
+    assert "-o FILE" in stderr
+
+
+def test_ctrl_c_during_ask_exits_130_without_a_traceback(
+    env: dict[str, str], loopback: LoopbackServer
+) -> None:
+    loopback.inject(Fault(kind="hang"))
+    process = start_cli(["ask", "hello?", "--prefill", "--strategy", "direct"], env)
+    try:
+        wait_for(lambda: loopback.stats()["in_flight"] == 1, timeout=30, what="the call")
+        process.send_signal(signal.SIGINT)
+        stdout, stderr = process.communicate(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 130, stderr
+    assert "Traceback" not in stderr and "interrupted" in stderr
+    assert stdout == ""
