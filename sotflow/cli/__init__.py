@@ -186,6 +186,10 @@ def cmd_route(args: argparse.Namespace) -> int:
     target = args.input
     if target == "-" or Path(target).is_file():
         items = read_items(target)
+    elif " " not in target and Path(target).suffix.lower() in (".jsonl", ".json", ".txt"):
+        # A mistyped file name is not a question: routing the name would look like
+        # success while deciding nothing the user asked for.
+        raise FileNotFoundError(f"input file {target!r} does not exist")
     else:
         items = [InputItem(1, 1, target)]
     needs_model = args.router == "llm"

@@ -93,6 +93,11 @@ def test_route_a_question_and_a_file(cli: Runner, loopback: LoopbackServer, tmp_
     assert "line 2" in rows[1]["error"]["message"]
     assert loopback.stats()["requests"] == 0  # the rules router asks no model
 
+    # A mistyped file name is an error, not a question about a file name.
+    result = cli("route", str(tmp_path / "questoins.jsonl"))
+    assert result.code == 2
+    assert "questoins.jsonl" in result.stderr and "does not exist" in result.stderr
+
 
 def test_bench_prints_a_speedup_table(cli: Runner, loopback: LoopbackServer) -> None:
     # Paced so that a 300-450 token direct answer takes visibly longer than SoT.
