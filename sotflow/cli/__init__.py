@@ -199,6 +199,14 @@ def cmd_route(args: argparse.Namespace) -> int:
     failed = 0
 
     async def run() -> None:
+        try:
+            await decide_all()
+        finally:
+            if backend is not None:
+                # The LLM router's HTTP session; left open, aiohttp warns about it at exit.
+                await backend.aclose()
+
+    async def decide_all() -> None:
         nonlocal failed
         for item in items:
             record: dict[str, Any] = {"id": item.id, "question": item.question}

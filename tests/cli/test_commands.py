@@ -93,6 +93,14 @@ def test_route_a_question_and_a_file(cli: Runner, loopback: LoopbackServer, tmp_
     assert "line 2" in rows[1]["error"]["message"]
     assert loopback.stats()["requests"] == 0  # the rules router asks no model
 
+    # The LLM router asks the model (the responder answers "A": SoT), once a question.
+    result = cli("route", SOT_QUESTIONS[0], "--router", "llm")
+    assert result.code == 0, result.stderr
+    decision = json.loads(result.stdout)
+    assert decision["strategy"] == "sot" and decision["router"] == "llm"
+    assert loopback.stats()["requests"] == 1
+    assert result.stderr == ""  # no "Unclosed client session" at exit
+
     # A mistyped file name is an error, not a question about a file name.
     result = cli("route", str(tmp_path / "questoins.jsonl"))
     assert result.code == 2
