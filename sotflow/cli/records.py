@@ -54,7 +54,9 @@ class InputItem:
 def _lines(path: str) -> tuple[list[str], bool]:
     """The input's lines and whether it is JSONL."""
     if path == "-":
-        text = sys.stdin.read()
+        # As for files (utf-8-sig below): a byte-order mark, as Windows tools write
+        # one, would otherwise hide the first line's "{" and turn JSONL into text.
+        text = sys.stdin.read().removeprefix("\ufeff")
         first = next((line.strip() for line in text.splitlines() if line.strip()), "")
         return text.splitlines(), first.startswith("{")
     file = Path(path)

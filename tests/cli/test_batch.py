@@ -119,6 +119,15 @@ def test_text_file_and_stdin(cli: Runner, tmp_path: Path) -> None:
     assert sorted(r["id"] for r in records) == [1, 3, 4]
 
 
+def test_stdin_with_a_byte_order_mark_and_crlf_is_still_jsonl(cli: Runner) -> None:
+    rows = [{"id": "x", "question": SOT_QUESTIONS[0]}, {"id": "y", "question": DIRECT_QUESTIONS[1]}]
+    text = "\ufeff" + "".join(json.dumps(r) + "\r\n" for r in rows)
+    result = cli("batch", "-", "-o", "-", "--prefill", "--quiet", stdin=text)
+    assert result.code == 0, result.stderr
+    records = [json.loads(line) for line in result.stdout.splitlines()]
+    assert {r["id"]: r["question"] for r in records} == {r["id"]: r["question"] for r in rows}
+
+
 @pytest.mark.parametrize("strategy", ["direct", "sot", "sot-dag"])
 def test_fixed_strategy_is_used_for_every_item(cli: Runner, tmp_path: Path, strategy: str) -> None:
     questions = [*SOT_QUESTIONS[:2], DIRECT_QUESTIONS[1], DAG_QUESTION]
