@@ -12,11 +12,12 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import pytest
 
@@ -111,17 +112,66 @@ def cli(env: dict[str, str]) -> Runner:
     return run
 
 
-def start_cli(args: Sequence[str], env: dict[str, str]) -> subprocess.Popen[str]:
-    """Start the CLI without waiting, for tests that signal or kill it mid-run."""
-    return subprocess.Popen(
-        [*CLI, *args],
-        cwd=ROOT,
-        env=env,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+class Running:
+    """The CLI started in the background, for tests that signal or kill it mid-run.
+
+    Its stdout and stderr are drained by threads as they come, so a test can wait for
+    a line to appear (and the process never blocks on a full pipe).
+    """
+
+    def __init__(self, args: Sequence[str], env: dict[str, str]) -> None:
+        self.process = subprocess.Popen(
+            [*CLI, *args],
+            cwd=ROOT,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        self._out: list[str] = []
+        self._err: list[str] = []
+        self._drains = [
+            threading.Thread(target=_drain, args=(self.process.stdout, self._out), daemon=True),
+            threading.Thread(target=_drain, args=(self.process.stderr, self._err), daemon=True),
+        ]
+        for thread in self._drains:
+            thread.start()
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    @property
+    def stdout(self) -> str:
+        return "".join(self._out)
+
+    @property
+    def stderr(self) -> str:
+        return "".join(self._err)
+
+    def send_signal(self, signum: int) -> None:
+        self.process.send_signal(signum)
+
+    def wait(self, timeout: float) -> int:
+        code = self.process.wait(timeout=timeout)
+        for thread in self._drains:
+            thread.join(timeout=5)
+        return code
+
+    def __enter__(self) -> Running:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+        self.wait(timeout=10)
+
+
+def _drain(stream: IO[str] | None, sink: list[str]) -> None:
+    assert stream is not None
+    for line in stream:
+        sink.append(line)
 
 
 def write_jsonl(path: Path, rows: Sequence[dict[str, Any]]) -> Path:

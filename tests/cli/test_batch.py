@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -14,9 +15,9 @@ from .conftest import (
     DIRECT_QUESTIONS,
     SOT_QUESTIONS,
     Runner,
+    Running,
     count_lines,
     read_records,
-    start_cli,
     wait_for,
     write_jsonl,
 )
@@ -213,21 +214,17 @@ def test_ordered_buffer_is_bounded(
     source = write_jsonl(tmp_path / "in.jsonl", rows)
     out = tmp_path / "out.jsonl"
     loopback.inject(Fault(kind="delay", delay_s=2.0, match="Ordered 0:"))
-    process = start_cli(
+    with Running(
         ["batch", str(source), "-o", str(out), "--prefill", "--strategy", "direct",
          "--ordered", "--concurrency", "4", "--quiet"],
         env,
-    )  # fmt: skip
-    try:
+    ) as running:  # fmt: skip
         wait_for(lambda: loopback.stats()["requests"] >= 64, timeout=30, what="64 requests")
         # Until the first item is written, the count must stay at the bound.
-        while count_lines(out) == 0 and process.poll() is None:
+        while count_lines(out) == 0 and running.process.poll() is None:
             assert loopback.stats()["requests"] <= 64
-        _, stderr = process.communicate(timeout=60)
-    finally:
-        if process.poll() is None:
-            process.kill()
-    assert process.returncode == 0, stderr
+            time.sleep(0.02)
+        assert running.wait(timeout=60) == 0, running.stderr
     assert [r["id"] for r in read_records(out)] == list(range(1, 101))
 
 

@@ -107,7 +107,9 @@ def test_route_a_question_and_a_file(cli: Runner, loopback: LoopbackServer, tmp_
     assert "questoins.jsonl" in result.stderr and "does not exist" in result.stderr
 
 
-def test_bench_prints_a_speedup_table(cli: Runner, loopback: LoopbackServer) -> None:
+def test_bench_prints_a_speedup_table(
+    cli: Runner, loopback: LoopbackServer, tmp_path: Path
+) -> None:
     # Paced so that a 300-450 token direct answer takes visibly longer than SoT.
     loopback.configure(ttft=0.02, tps=1000.0)
     result = cli("bench", "-n", "2", "--prefill")
@@ -119,11 +121,14 @@ def test_bench_prints_a_speedup_table(cli: Runner, loopback: LoopbackServer) -> 
     assert lines[2].startswith("median speed-up of sot over a direct answer: ")
     assert float(lines[2].rsplit(" ", 1)[1].rstrip("x")) > 1.0
 
+    # The user's own questions, from a file: the first -n of them.
+    mine = tmp_path / "mine.txt"
+    mine.write_text("\n".join(SOT_QUESTIONS[1:]) + "\n", encoding="utf-8")
     loopback.reset()
-    result = cli("bench", "-n", "2", "--prefill", "--json")
+    result = cli("bench", str(mine), "-n", "2", "--prefill", "--json")
     assert result.code == 0, result.stderr
     data = json.loads(result.stdout)
-    assert len(data["rows"]) == 2
+    assert [row["question"] for row in data["rows"]] == list(SOT_QUESTIONS[1:3])
     for row in data["rows"]:
         assert row["error"] is None and row["strategy"] == "sot" and row["points"] >= 2
         assert row["speedup"] == pytest.approx(row["direct_s"] / row["sot_s"])

@@ -7,6 +7,7 @@ import os
 import shlex
 import signal
 import subprocess
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -14,7 +15,16 @@ import pytest
 
 from sotflow.testing import Fault, LoopbackServer
 
-from .conftest import CLI, ROOT, Runner, count_lines, read_records, start_cli, wait_for, write_jsonl
+from .conftest import (
+    CLI,
+    ROOT,
+    Runner,
+    Running,
+    count_lines,
+    read_records,
+    wait_for,
+    write_jsonl,
+)
 
 
 def questions(n: int) -> list[dict[str, str]]:
@@ -69,16 +79,10 @@ def test_kill_9_mid_run_then_resume(
     # Paced like a slow API: ~0.4 s a question, two at a time, so ~6 s for all 30.
     loopback.configure(ttft=0.05, tps=1000.0)
     args = ["batch", str(source), "-o", str(out), "--prefill", "--strategy", "direct"]
-    process = start_cli([*args, "--concurrency", "2"], env)
-    try:
+    with Running([*args, "--concurrency", "2"], env) as running:
         wait_for(lambda: count_lines(out) >= 6, timeout=30, what="6 lines written")
-        os.kill(process.pid, signal.SIGKILL)
-        process.wait(timeout=10)
-    finally:
-        if process.poll() is None:
-            process.kill()
-        process.communicate()
-    assert process.returncode == -signal.SIGKILL
+        os.kill(running.pid, signal.SIGKILL)
+        assert running.wait(timeout=10) == -signal.SIGKILL
     written = read_records(out)  # what a crash leaves is whole lines only
     assert 6 <= len(written) < 30
     kept = out.read_bytes()
@@ -116,19 +120,16 @@ def test_ctrl_c_finishes_in_flight_work_and_prints_the_resume_command(
     source = write_jsonl(tmp_path / "in.jsonl", rows)
     out = tmp_path / "out.jsonl"
     loopback.configure(ttft=0.05, tps=1000.0)
-    process = start_cli(
+    with Running(
         ["batch", str(source), "-o", str(out), "--prefill", "--strategy", "direct",
          "--concurrency", "2"],
         env,
-    )  # fmt: skip
-    wait_for(lambda: count_lines(out) >= 3, timeout=30, what="3 lines written")
-    process.send_signal(signal.SIGINT)
-    try:
-        _, stderr = process.communicate(timeout=30)
-    finally:
-        if process.poll() is None:
-            process.kill()
-    assert process.returncode == 130, stderr
+    ) as running:  # fmt: skip
+        wait_for(lambda: count_lines(out) >= 3, timeout=30, what="3 lines written")
+        running.send_signal(signal.SIGINT)
+        code = running.wait(timeout=30)
+    stderr = running.stderr
+    assert code == 130, stderr
     assert "Traceback" not in stderr
     written = read_records(out)
     assert 3 <= len(written) < 20
@@ -158,21 +159,24 @@ def test_second_ctrl_c_cancels_in_flight_work(
     # The first answers at once; the others would take 30 s each.
     for row in rows[1:]:
         loopback.inject(Fault(kind="delay", delay_s=30.0, match=row["question"]))
-    process = start_cli(
+    with Running(
         ["batch", str(source), "-o", str(out), "--prefill", "--strategy", "direct",
-         "--concurrency", "2"],
+         "--concurrency", "2", "--grace", "60"],
         env,
-    )  # fmt: skip
-    wait_for(lambda: count_lines(out) >= 1, timeout=30, what="the fast answer")
-    wait_for(lambda: loopback.stats()["in_flight"] == 2, timeout=10, what="2 calls in flight")
-    process.send_signal(signal.SIGINT)
-    process.send_signal(signal.SIGINT)
-    try:
-        _, stderr = process.communicate(timeout=15)
-    finally:
-        if process.poll() is None:
-            process.kill()
-    assert process.returncode == 130, stderr
+    ) as running:  # fmt: skip
+        wait_for(lambda: count_lines(out) >= 1, timeout=30, what="the fast answer")
+        wait_for(lambda: loopback.stats()["in_flight"] == 2, timeout=10, what="2 calls in flight")
+        running.send_signal(signal.SIGINT)
+        # Two signals sent back to back may reach the process as one; wait for the first
+        # to be taken before sending the second.
+        wait_for(lambda: "stopping" in running.stderr, timeout=10, what="the first Ctrl-C")
+        second = time.monotonic()
+        running.send_signal(signal.SIGINT)
+        code = running.wait(timeout=30)
+    stderr = running.stderr
+    assert code == 130, stderr
+    # Cancelled at once by the second Ctrl-C, not after the 60 s grace period.
+    assert time.monotonic() - second < 10
     assert [r["id"] for r in read_records(out)] == ["q00"]
     wait_for(lambda: loopback.stats()["in_flight"] == 0, timeout=10, what="calls to be cut")
     assert loopback.stats()["disconnects"] == 2
@@ -186,18 +190,15 @@ def test_ctrl_c_with_output_on_stdout_offers_no_resume_command(
     source = write_jsonl(tmp_path / "in.jsonl", rows)
     for row in rows[1:]:
         loopback.inject(Fault(kind="hang", match=row["question"]))
-    process = start_cli(
+    with Running(
         ["batch", str(source), "-o", "-", "--prefill", "--strategy", "direct", "--grace", "0.1"],
         env,
-    )
-    try:
+    ) as running:
         wait_for(lambda: loopback.stats()["in_flight"] == 3, timeout=30, what="3 hung calls")
-        process.send_signal(signal.SIGINT)
-        stdout, stderr = process.communicate(timeout=30)
-    finally:
-        if process.poll() is None:
-            process.kill()
-    assert process.returncode == 130, stderr
+        running.send_signal(signal.SIGINT)
+        code = running.wait(timeout=30)
+    stdout, stderr = running.stdout, running.stderr
+    assert code == 130, stderr
     assert [json.loads(line)["id"] for line in stdout.splitlines()] == ["q00"]
     assert "3 item(s) not answered yet" in stderr
     assert "continue with:" not in stderr and "sotflow batch" not in stderr  # nothing to rerun
@@ -208,14 +209,11 @@ def test_ctrl_c_during_ask_exits_130_without_a_traceback(
     env: dict[str, str], loopback: LoopbackServer
 ) -> None:
     loopback.inject(Fault(kind="hang"))
-    process = start_cli(["ask", "hello?", "--prefill", "--strategy", "direct"], env)
-    try:
+    with Running(["ask", "hello?", "--prefill", "--strategy", "direct"], env) as running:
         wait_for(lambda: loopback.stats()["in_flight"] == 1, timeout=30, what="the call")
-        process.send_signal(signal.SIGINT)
-        stdout, stderr = process.communicate(timeout=30)
-    finally:
-        if process.poll() is None:
-            process.kill()
-    assert process.returncode == 130, stderr
+        running.send_signal(signal.SIGINT)
+        code = running.wait(timeout=30)
+    stdout, stderr = running.stdout, running.stderr
+    assert code == 130, stderr
     assert "Traceback" not in stderr and "interrupted" in stderr
     assert stdout == ""
