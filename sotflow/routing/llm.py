@@ -60,7 +60,10 @@ class LLMRouter:
 
     def parse(self, completion: Completion) -> Decision:
         text = completion.text.strip()
-        match = _LETTER.search(text.upper()[:20])
+        bare = text.strip("()[].:*'\" ").upper()
+        # A lone letter counts in any case; inside words only a capital does, so the
+        # article in "a list" is not read as answer A.
+        match = _LETTER.fullmatch(bare) or _LETTER.search(text[:20])
         if match is None:
             return Decision(
                 strategy="direct",
