@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from sotflow.testing import Fault, LoopbackServer
 
-from .conftest import DIRECT_QUESTIONS, RESPONDER, Runner, clean_env, read_records, write_jsonl
+from .conftest import RESPONDER, Runner, clean_env, read_records, write_jsonl
 
 QUESTIONS = [f"Item {i}: what should a careful person check first?" for i in range(6)]
 
@@ -85,13 +86,15 @@ def test_retries_in_sot_are_counted_per_call(
     assert record["attempts"] == 3 + len(record["points"])
 
 
+@pytest.mark.parametrize("strategy", ["direct", "sot"])
 def test_non_retryable_400_fails_only_that_item(
-    cli: Runner, loopback: LoopbackServer, tmp_path: Path
+    cli: Runner, loopback: LoopbackServer, tmp_path: Path, strategy: str
 ) -> None:
     source = write_jsonl(tmp_path / "in.jsonl", [{"question": q} for q in QUESTIONS])
+    # For SoT this fails the skeleton call (the first request carrying the question).
     loopback.inject(Fault(kind="status", status=400, match="Item 4:", times=5))
     out = tmp_path / "out.jsonl"
-    result = cli("batch", str(source), "-o", str(out), "--prefill", "--strategy", "direct")
+    result = cli("batch", str(source), "-o", str(out), "--prefill", "--strategy", strategy)
     assert result.code == 1, result.stderr
     records = {r["id"]: r for r in read_records(out)}
     assert len(records) == 6
@@ -99,26 +102,37 @@ def test_non_retryable_400_fails_only_that_item(
     assert failed["error"]["type"] == "BadRequestError"
     assert "400" in failed["error"]["message"]
     assert failed["attempts"] == 1  # a 400 is not retried
-    assert failed["answer"] is None
+    assert failed["answer"] is None and failed["points"] is None
     assert failed["question"] == QUESTIONS[4]
+    assert failed["strategy"] == strategy
     assert all(r["error"] is None and r["answer"] for r in records.values())
     assert "5 answered, 1 failed" in result.stderr
-    assert loopback.stats()["requests"] == 6
+    assert loopback.stats()["requests"] == 1 + sum(r["attempts"] for r in records.values())
 
 
-def test_a_bad_api_key_stops_early_with_exit_2(cli: Runner, tmp_path: Path) -> None:
-    questions = [f"Question {i} about {DIRECT_QUESTIONS[0]}" for i in range(40)]
+@pytest.fixture(scope="module")
+def guarded() -> Iterator[LoopbackServer]:
+    """A server that wants a key the CLI will not have."""
+    with LoopbackServer(api_key="the-right-key", responder=RESPONDER) as server:
+        yield server
+
+
+@pytest.mark.parametrize("strategy", ["direct", "sot", "auto"])
+def test_a_bad_api_key_stops_early_with_exit_2(
+    cli: Runner, guarded: LoopbackServer, tmp_path: Path, strategy: str
+) -> None:
+    questions = [f"What are the best tips, part {i}?" for i in range(40)]
     source = write_jsonl(tmp_path / "in.jsonl", [{"question": q} for q in questions])
     out = tmp_path / "out.jsonl"
-    with LoopbackServer(api_key="the-right-key", responder=RESPONDER) as guarded:
-        env = clean_env(
-            OPENAI_BASE_URL=guarded.base_url, OPENAI_API_KEY="a-wrong-key", SOTFLOW_MODEL="m"
-        )
-        result = cli(
-            "batch", str(source), "-o", str(out), "--prefill", "--strategy", "direct",
-            "--concurrency", "2", env_override=env,
-        )  # fmt: skip
-        requests = guarded.stats()["requests"]
+    guarded.reset()
+    env = clean_env(
+        OPENAI_BASE_URL=guarded.base_url, OPENAI_API_KEY="a-wrong-key", SOTFLOW_MODEL="m"
+    )
+    result = cli(
+        "batch", str(source), "-o", str(out), "--prefill", "--strategy", strategy,
+        "--concurrency", "2", env_override=env,
+    )  # fmt: skip
+    requests = guarded.stats()["requests"]
     assert result.code == 2, result.stderr
     assert "stopped early" in result.stderr
     assert "401" in result.stderr and "OPENAI_API_KEY" in result.stderr
