@@ -140,8 +140,13 @@ def main() -> None:
 
     rows = questions(args.n, args.seed)
     sample = random.Random(args.seed + 1).sample(rows, min(args.unloaded_n, len(rows)))
-    workdir = Path(args.keep or tempfile.mkdtemp(prefix="sotflow-batch-"))
-    workdir.mkdir(parents=True, exist_ok=True)
+    scratch: tempfile.TemporaryDirectory[str] | None = None
+    if args.keep:
+        workdir: Path = args.keep
+        workdir.mkdir(parents=True, exist_ok=True)
+    else:
+        scratch = tempfile.TemporaryDirectory(prefix="sotflow-batch-")
+        workdir = Path(scratch.name)
     batch_in, batch_out = workdir / "questions.jsonl", workdir / "answers.jsonl"
     sample_in, sample_out = workdir / "unloaded.jsonl", workdir / "unloaded_answers.jsonl"
     for path, items in ((batch_in, rows), (sample_in, sample)):
@@ -238,7 +243,10 @@ def main() -> None:
     print(f"| throughput bound: busy call-seconds / {args.concurrency} | {bound:.1f} s "
           f"(wall / bound {wall / bound:.2f}) |")  # fmt: skip
     print(f"| CLI's own time (its summary) | {w['cli_reported_s']} s |")
-    print(f"\nfiles: {workdir}")
+    if scratch is None:
+        print(f"\nfiles: {workdir}")
+    else:
+        scratch.cleanup()
     if args.json:
         args.json.write_text(json.dumps(result, indent=2))
     complete = w["answered"] == args.n and not (broken or w["duplicated_ids"] or w["missing_ids"])
