@@ -82,7 +82,18 @@ def add_run_options(parser: argparse.ArgumentParser, *, default_strategy: str = 
         default=default_strategy,
         help=f"one of {', '.join(STRATEGY_NAMES)} (default {default_strategy})",
     )
-    group.add_argument("--concurrency", type=positive_int, default=32, help="model calls in flight")
+    group.add_argument(
+        "--concurrency",
+        type=positive_int,
+        default=32,
+        help="questions answered at once (default 32)",
+    )
+    group.add_argument(
+        "--max-calls",
+        type=positive_int,
+        help="model calls in flight across all questions (default 8 x --concurrency, room "
+        "for SoT's points)",
+    )
     group.add_argument("--rpm", type=positive_int, help="requests per minute cap")
     group.add_argument("--tpm", type=positive_int, help="tokens per minute cap")
     group.add_argument("--max-retries", type=int, default=4, help="retries per call (default 4)")
@@ -125,7 +136,13 @@ def make_backend(args: argparse.Namespace, *, concurrency: int | None = None) ->
             )
         else:
             raise ConfigurationError(NO_BACKEND)
-    cap = concurrency or getattr(args, "concurrency", None) or 32
+    # A question may fan out (SoT writes all its points at once), so the call cap is
+    # larger than the number of questions in flight unless the user sets it.
+    cap = (
+        concurrency
+        or getattr(args, "max_calls", None)
+        or 8 * (getattr(args, "concurrency", None) or 32)
+    )
     limits: dict[str, Any] = {
         "max_concurrency": cap,
         "rpm": getattr(args, "rpm", None),

@@ -185,23 +185,54 @@ def test_ordered_keeps_input_order_unordered_writes_as_finished(
 
 
 @pytest.mark.parametrize("concurrency", [1, 3])
-def test_concurrency_caps_model_calls_in_flight(
+def test_concurrency_is_the_number_of_questions_answered_at_once(
     cli: Runner, loopback: LoopbackServer, tmp_path: Path, concurrency: int
 ) -> None:
-    # Paced so that calls overlap for real; SoT fans out, so the cap is on model calls.
+    # Paced so that calls overlap for real; a direct answer is one call per question.
+    loopback.configure(ttft=0.05, tps=2000.0)
+    source = write_jsonl(tmp_path / "in.jsonl", [{"question": q} for q in SOT_QUESTIONS])
+    out = tmp_path / "out.jsonl"
+    result = cli(
+        "batch", str(source), "-o", str(out), "--prefill", "--strategy", "direct",
+        "--concurrency", str(concurrency),
+    )  # fmt: skip
+    assert result.code == 0, result.stderr
+    assert len(read_records(out)) == 4
+    # A cap, not serialisation: with room for 3 questions, 3 did overlap.
+    assert loopback.stats()["peak_in_flight"] == concurrency
+
+
+@pytest.mark.parametrize("max_calls", [1, 3])
+def test_max_calls_caps_model_calls_in_flight_across_fanned_out_questions(
+    cli: Runner, loopback: LoopbackServer, tmp_path: Path, max_calls: int
+) -> None:
+    # SoT fans every question out to its points; the call cap holds across all of them.
     loopback.configure(ttft=0.02, tps=2000.0)
     source = write_jsonl(tmp_path / "in.jsonl", [{"question": q} for q in SOT_QUESTIONS])
     out = tmp_path / "out.jsonl"
     result = cli(
         "batch", str(source), "-o", str(out), "--prefill", "--strategy", "sot",
-        "--concurrency", str(concurrency),
+        "--concurrency", "4", "--max-calls", str(max_calls),
     )  # fmt: skip
     assert result.code == 0, result.stderr
     assert len(read_records(out)) == 4
-    stats = loopback.stats()
-    assert stats["peak_in_flight"] <= concurrency
-    # ... and it is a cap, not serialisation: with room for 3, 3 calls did overlap.
-    assert stats["peak_in_flight"] == concurrency
+    assert loopback.stats()["peak_in_flight"] == max_calls
+
+
+def test_sot_questions_fan_out_beyond_the_question_count_by_default(
+    cli: Runner, loopback: LoopbackServer, tmp_path: Path
+) -> None:
+    loopback.configure(ttft=0.05, tps=2000.0)
+    source = write_jsonl(tmp_path / "in.jsonl", [{"question": SOT_QUESTIONS[0]}])
+    out = tmp_path / "out.jsonl"
+    result = cli(
+        "batch", str(source), "-o", str(out), "--prefill", "--strategy", "sot",
+        "--concurrency", "1",
+    )  # fmt: skip
+    assert result.code == 0, result.stderr
+    (record,) = read_records(out)
+    # One question, all of its points written at once.
+    assert loopback.stats()["peak_in_flight"] == len(record["points"]) >= 5
 
 
 def test_ordered_buffer_is_bounded(
