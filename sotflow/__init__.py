@@ -22,6 +22,7 @@ from .errors import (
     DeadlineExceededError,
     GraphError,
     MalformedResponseError,
+    NoAnswerError,
     ProviderError,
     QuotaExceededError,
     RateLimitError,
@@ -46,10 +47,19 @@ from .graph import Call, Embed, Expand, Graph, NodeContext, Outcome, Part, Resul
 from .limits import Limiter
 from .retry import RetryPolicy
 from .routing import EmbeddingRouter, KeywordBaseline, LLMRouter, Router, RuleRouter
+from .strategies import (
+    BestOfN,
+    Chain,
+    Direct,
+    Judge,
+    Refine,
+    RejectionSampling,
+    Routed,
+    SelfConsistency,
+    SkeletonOfThought,
+    TreeSearch,
+)
 from .strategies.base import BuildContext, Strategy
-from .strategies.direct import Direct
-from .strategies.routed import Routed
-from .strategies.skeleton import SkeletonOfThought
 from .types import (
     Answer,
     Choice,
@@ -78,10 +88,12 @@ __all__ = [
     "Backend",
     "BackendError",
     "BadRequestError",
+    "BestOfN",
     "BudgetExceededError",
     "BuildContext",
     "Call",
     "Capabilities",
+    "Chain",
     "Choice",
     "Completion",
     "ConfigurationError",
@@ -99,11 +111,13 @@ __all__ = [
     "Fail",
     "Graph",
     "GraphError",
+    "Judge",
     "KeywordBaseline",
     "LLMRouter",
     "Limiter",
     "MalformedResponseError",
     "Message",
+    "NoAnswerError",
     "NodeContext",
     "NodeFailed",
     "NodeFinished",
@@ -116,6 +130,8 @@ __all__ = [
     "ProviderError",
     "QuotaExceededError",
     "RateLimitError",
+    "Refine",
+    "RejectionSampling",
     "Reply",
     "Request",
     "Result",
@@ -128,6 +144,7 @@ __all__ = [
     "RunStarted",
     "SamplingParams",
     "ScriptedBackend",
+    "SelfConsistency",
     "ServerError",
     "SkeletonOfThought",
     "SotflowError",
@@ -137,6 +154,7 @@ __all__ = [
     "StreamReset",
     "TextDelta",
     "Trace",
+    "TreeSearch",
     "Usage",
     "__version__",
 ]

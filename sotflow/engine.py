@@ -13,7 +13,7 @@ import itertools
 import math
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from contextlib import aclosing, nullcontext
+from contextlib import aclosing, nullcontext, suppress
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -170,6 +170,8 @@ class _AnswerReader:
         self.run_id = run_id
         self.emit = emit
         self.order: list[tuple[PartKey, str]] = []
+        self.released: list[tuple[PartKey, str]] = []  # parts wholly sent, in key order
+        self.keys: dict[str, PartKey] = {}
         self.buffers: dict[str, list[str]] = {}
         self.done: set[str] = set()
         self.prefix: dict[str, str] = {}
@@ -187,11 +189,34 @@ class _AnswerReader:
         while position > 0 and self.order[position - 1][0] > key:
             position -= 1
         self.order.insert(position, (key, state.full_id))
+        self.keys[state.full_id] = key
         self.buffers[state.full_id] = []
         self.prefix[state.full_id] = node.part.prefix
         self.suffix[state.full_id] = node.part.suffix
-        if self.live is None:
+        if (self.live is not None and key < self.keys[self.live]) or (
+            self.released and key < self.released[-1][0]
+        ):
+            self._rewind(key)
+        elif self.live is None:
             self._advance()
+
+    def _rewind(self, key: PartKey) -> None:
+        """A part was added before text already sent: withdraw the text of every part
+        after it (the live one included) and send it all again in key order."""
+        pulled = [item for item in self.released if item[0] > key]
+        self.released = self.released[: len(self.released) - len(pulled)]
+        shown = sum(
+            len(self.prefix[n]) + sum(len(t) for t in self.buffers[n]) + len(self.suffix[n])
+            for _, n in pulled
+        )
+        if self.live is not None:
+            shown += len(self.prefix[self.live]) + self.live_chars
+            self.live = None
+            self.live_chars = 0
+        if shown:
+            self.emit(AnswerReset(self.run_id, shown))
+        self.order = sorted(self.order + pulled, key=lambda item: item[0])
+        self._advance()
 
     def _send(self, text: str) -> None:
         if text:
@@ -204,16 +229,17 @@ class _AnswerReader:
             self.live_chars = sum(len(t) for t in self.buffers[nid])
             if nid in self.done:
                 self._send(self.suffix[nid])
-                self.order.pop(0)
+                self.released.append(self.order.pop(0))
                 continue
             self.live = nid
 
     def delta(self, nid: str, text: str) -> None:
+        if nid in self.buffers:
+            # Kept even while live: a part added later with a smaller key sends it again.
+            self.buffers[nid].append(text)
         if nid == self.live:
             self.live_chars += len(text)
             self._send(text)
-        elif nid in self.buffers:
-            self.buffers[nid].append(text)
 
     def reset(self, nid: str) -> None:
         if nid == self.live:
@@ -227,13 +253,20 @@ class _AnswerReader:
         if nid not in self.buffers:
             return
         if not ok:
-            # A failed or cancelled part contributes nothing; withdraw what it showed.
-            self.reset(nid)
+            # A failed or cancelled part contributes nothing; withdraw what it showed,
+            # its prefix included (already sent if the part was live).
+            if nid == self.live:
+                shown = len(self.prefix[nid]) + self.live_chars
+                if shown:
+                    self.emit(AnswerReset(self.run_id, shown))
+                self.live_chars = 0
+            self.buffers[nid].clear()
             self.prefix[nid] = self.suffix[nid] = ""
         self.done.add(nid)
         if nid == self.live:
             self._send(self.suffix[nid])
             self.order = [item for item in self.order if item[1] != nid]
+            self.released.append((self.keys[nid], nid))
             self.live = None
             self._advance()
 
@@ -275,6 +308,7 @@ class _Run:
         self.t0 = 0.0
         self.tg: anyio.abc.TaskGroup | None = None
         self.done = anyio.Event()
+        self.priority = 0.0
 
     # -- bookkeeping ---------------------------------------------------------------
 
@@ -285,11 +319,15 @@ class _Run:
         if self.sink is not None:
             self.sink(event)
 
-    def add(self, nodes: Iterable[Node], ns: str, part_base: PartKey | None) -> None:
-        nodes = list(nodes)
+    def check(self, nodes: list[Node], ns: str) -> None:
+        """Raise ``GraphError`` if ``nodes`` cannot join the run in namespace ``ns``."""
         cut = len(ns)
         known = {k[cut:] for k in self.states if k.startswith(ns) and "/" not in k[cut:]}
         check_nodes(nodes, known)
+
+    def add(self, nodes: Iterable[Node], ns: str, part_base: PartKey | None) -> None:
+        nodes = list(nodes)
+        self.check(nodes, ns)
         new: list[_NodeState] = []
         for node in nodes:
             full_needs = tuple(ns + need for need in node.needs)
@@ -385,12 +423,29 @@ class _Run:
 
     def check_stalled(self) -> None:
         if self.active == 0 and not self.done.is_set():
-            if self.output not in self.states:
+            cause = self.unhandled_failure()
+            if cause is not None:
+                # A growing graph stalls when the node that would have grown it failed
+                # (a skeleton call with a bad key, a refinement over budget): that
+                # failure is the run's error, not the stall it caused.
+                self.failure = cause
+            elif self.output not in self.states:
                 message = f"the graph finished without ever adding its output node {self.output!r}"
+                self.failure = GraphError(message)
             else:
                 message = f"the graph stalled before its output node {self.output!r} could run"
-            self.failure = GraphError(message)
+                self.failure = GraphError(message)
             self.done.set()
+
+    def unhandled_failure(self) -> BaseException | None:
+        """The first error that no ``settle`` node took in (those are handled)."""
+        for full_id, outcome in self.outcomes.items():
+            if outcome.status != "failed" or outcome.error is None:
+                continue
+            takers = self.dependents.get(full_id, ())
+            if not any(getattr(d.node, "settle", False) for d in takers):
+                return outcome.error
+        return None
 
     # -- execution -----------------------------------------------------------------
 
@@ -426,10 +481,13 @@ class _Run:
             return  # cancelled while it ran; its value is no longer wanted
         if isinstance(value, Expand):
             self.warnings.extend(f"{state.full_id}: {w}" for w in value.warnings)
+            added = list(value.add)
+            if added:
+                self.check(added, state.ns)  # a bad expansion fails this node, not the run later
             # Finish first, so events read "skeleton finished" before its points start.
             self.finish(state, Outcome("ok", value.value))
-            if value.add:
-                self.add(value.add, state.ns, state.part_base)
+            if added:
+                self.add(added, state.ns, state.part_base)
             for node_id in value.cancel:
                 self.cancel(state.ns + node_id)
         else:
@@ -453,7 +511,6 @@ class _Run:
         stream = self.sink is not None
         policy = self.engine.retry
         state.attempts = 1
-        self.budget.check()
         try:
             # Most calls succeed first time; the retry machinery only starts on a failure.
             completion = await self.attempt(state, backend, request, estimate, stream)
@@ -496,7 +553,6 @@ class _Run:
                 if replay:
                     raise replay.pop()
                 state.attempts += 1
-                self.budget.check()
                 completion = await self.attempt(state, backend, request, estimate, stream)
         assert completion is not None
         return completion
@@ -515,7 +571,14 @@ class _Run:
         prompt_only = max(
             0, estimate - params.n * (params.max_tokens or DEFAULT_COMPLETION_ESTIMATE)
         )
-        async with backend.limiter.slot(estimate) as ticket:
+        async with backend.limiter.slot(estimate, self.priority) as ticket:
+            # Checked once the slot is ours: calls queued behind the cap while others
+            # spent the budget must not start (and are charged nothing).
+            try:
+                self.budget.check()
+            except BudgetExceededError:
+                ticket.settle(0)
+                raise
             try:
                 with anyio.fail_after(timeout) if timeout is not None else nullcontext():
                     if stream:
@@ -556,7 +619,9 @@ class _Run:
                                 reader.delta(node_id, item.text)
                     else:
                         completion = item  # type: ignore[assignment]
-        except Exception:
+        except BaseException:
+            # Also on cancellation: an attempt timeout is a cancellation that the retry
+            # turns into a fresh attempt, whose text must not follow the stale text.
             if streamed:
                 sink(StreamReset(run_id, node_id))
                 if reader is not None:
@@ -574,6 +639,8 @@ class _Run:
 
     async def execute_run(self) -> Answer:
         self.t0 = anyio.current_time()
+        # Runs that started earlier get freed call slots first (see Limiter.slot).
+        self.priority = self.t0
         started_at = time.time()
         self.emit(RunStarted(self.run_id, self.question, self.strategy.name))
         error: BaseException | None = None
@@ -687,6 +754,7 @@ class EventStream:
         try:
             return await self._receive.receive()
         except anyio.EndOfStream:
+            self._receive.close()  # read to the end: nothing left to release
             raise StopAsyncIteration from None
 
     async def aclose(self) -> None:
@@ -700,7 +768,10 @@ class EventStream:
         await self.aclose()
 
     def __del__(self) -> None:
+        # A reader that broke out of ``async for`` without ``async with``: stop the work
+        # and close our end, or the stream is reported as leaked (ResourceWarning).
         self._scope.cancel()
+        self._receive.close()
 
 
 class Engine:
@@ -818,12 +889,18 @@ class Engine:
         """
 
         async def produce(send: MemoryObjectSendStream[Event]) -> None:
+            def emit(event: Event) -> None:
+                # A reader that stopped listening closed the stream; the run is being
+                # cancelled, and its last events (resets, failures) go nowhere.
+                with suppress(anyio.BrokenResourceError, anyio.ClosedResourceError):
+                    send.send_nowait(event)
+
             await self.run(
                 strategy,
                 question,
                 deadline=deadline,
                 budget=budget,
-                on_event=send.send_nowait,
+                on_event=emit,
                 run_id=run_id,
                 return_errors=True,
             )
@@ -864,7 +941,8 @@ class Engine:
 
         async def produce(send: MemoryObjectSendStream[tuple[int, Answer]]) -> None:
             async def record(index: int, answer: Answer) -> None:
-                await send.send((index, answer))
+                with suppress(anyio.BrokenResourceError, anyio.ClosedResourceError):
+                    await send.send((index, answer))
 
             await self._run_many(strategy, questions, concurrency, on_event, record)
 

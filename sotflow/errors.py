@@ -5,6 +5,7 @@
     ├── GraphError                  a strategy built a graph that cannot run
     ├── BudgetExceededError         the run's token budget is spent
     ├── DeadlineExceededError       the run's deadline passed (also a TimeoutError)
+    ├── NoAnswerError               samples came back, but none could be used as the answer
     └── BackendError                one model call failed
         ├── APIConnectionError      could not connect, or the connection broke
         │   └── StreamInterruptedError   a stream ended before it was complete
@@ -24,6 +25,8 @@ mapped into this tree at the backend boundary with ``raise ... from exc``.
 
 from __future__ import annotations
 
+from typing import Any
+
 __all__ = [
     "APIConnectionError",
     "APITimeoutError",
@@ -35,6 +38,7 @@ __all__ = [
     "DeadlineExceededError",
     "GraphError",
     "MalformedResponseError",
+    "NoAnswerError",
     "ProviderError",
     "QuotaExceededError",
     "RateLimitError",
@@ -68,6 +72,19 @@ class BudgetExceededError(SotflowError):
 
 class DeadlineExceededError(SotflowError, TimeoutError):
     """The whole run took longer than its deadline; everything in flight was cancelled."""
+
+
+class NoAnswerError(SotflowError):
+    """A sampling strategy ran, but no sample was usable as the answer.
+
+    Raised when a verifier accepted none of the samples, or when no sample had a final
+    answer that could be extracted. ``details`` keeps what was tried (texts, verdicts),
+    so nothing is lost.
+    """
+
+    def __init__(self, message: str, *, details: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.details = details or {}
 
 
 class BackendError(SotflowError):

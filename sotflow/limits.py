@@ -12,8 +12,10 @@ capacity for as long as the call runs.
 
 from __future__ import annotations
 
+import heapq
+import itertools
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
@@ -85,21 +87,77 @@ class Ticket:
 
     _window: _Window | None
     _entry: _Entry | None
+    _on_freed: Callable[[], None] | None = None
 
     def settle(self, tokens: int) -> None:
         if self._window is not None and self._entry is not None:
+            before = self._entry.amount
             self._window.correct(self._entry, max(0, tokens))
+            if self._entry.amount < before and self._on_freed is not None:
+                # Capacity came back early: a waiter may fit now, not when the window slides.
+                self._on_freed()
+
+
+class _Waiter:
+    __slots__ = ("event", "granted", "order")
+
+    def __init__(self, order: tuple[float, int]) -> None:
+        self.order = order
+        self.event = anyio.Event()
+        self.granted = False
+
+    def __lt__(self, other: _Waiter) -> bool:
+        return self.order < other.order
+
+
+class _PriorityGate:
+    """A counting semaphore that wakes the waiter with the lowest priority number first.
+
+    The engine numbers runs in the order they start, so when calls queue for the cap,
+    the calls of runs that started earlier go first: a saturated batch finishes the
+    questions it began instead of advancing every question a little.
+    """
+
+    def __init__(self, capacity: int) -> None:
+        self.free = capacity
+        self.waiters: list[_Waiter] = []
+        self.sequence = itertools.count()
+
+    async def acquire(self, priority: float) -> None:
+        if self.free > 0 and not self.waiters:
+            self.free -= 1
+            return
+        waiter = _Waiter((priority, next(self.sequence)))
+        heapq.heappush(self.waiters, waiter)
+        try:
+            await waiter.event.wait()
+        except BaseException:
+            if waiter.granted:
+                self.release()  # granted as we were cancelled: pass the slot on
+            else:
+                self.waiters.remove(waiter)
+                heapq.heapify(self.waiters)
+            raise
+
+    def release(self) -> None:
+        if self.waiters:
+            waiter = heapq.heappop(self.waiters)
+            waiter.granted = True
+            waiter.event.set()
+        else:
+            self.free += 1
 
 
 class _LoopState:
     """anyio primitives belong to one event loop; a sync wrapper may start another."""
 
-    __slots__ = ("lock", "semaphore", "token")
+    __slots__ = ("freed", "gate", "lock", "token")
 
     def __init__(self, token: object, max_concurrency: int | None) -> None:
         self.token = token
-        self.semaphore = anyio.Semaphore(max_concurrency) if max_concurrency else None
+        self.gate = _PriorityGate(max_concurrency) if max_concurrency else None
         self.lock = anyio.Lock()
+        self.freed: anyio.Event | None = None
 
 
 class Limiter:
@@ -149,24 +207,35 @@ class Limiter:
                     wait = max(wait, window.wait_s(tokens, now))
                 if wait <= 0:
                     break
-                await anyio.sleep(wait)
+                # Sleep until the window slides far enough, or until a running call
+                # settles below its estimate and frees tokens sooner.
+                state.freed = anyio.Event()
+                with anyio.move_on_after(wait):
+                    await state.freed.wait()
+                state.freed = None
             if requests is not None:
                 requests.charge(1, now)
             if window is not None:
-                return Ticket(window, window.charge(tokens, now))
+                return Ticket(window, window.charge(tokens, now), self._wake)
         return Ticket(None, None)
 
+    def _wake(self) -> None:
+        state = self._state
+        if state is not None and state.freed is not None:
+            state.freed.set()
+
     @asynccontextmanager
-    async def slot(self, tokens: int = 0) -> AsyncIterator[Ticket]:
+    async def slot(self, tokens: int = 0, priority: float = 0.0) -> AsyncIterator[Ticket]:
         """Hold one in-flight slot and charge the rates for one call.
 
         The slot is taken before the rate windows so a call is charged when it is
-        really about to be sent, not while it still queues for a slot.
+        really about to be sent, not while it still queues for a slot. Among calls
+        waiting for a slot, the lowest ``priority`` goes first (ties: arrival order).
         """
         state = self._loop_state()
-        semaphore = state.semaphore
-        if semaphore is not None:
-            await semaphore.acquire()
+        gate = state.gate
+        if gate is not None:
+            await gate.acquire(priority)
         try:
             if self._requests is not None or self._tokens is not None:
                 ticket = await self._wait_for_rate(state, tokens)
@@ -180,5 +249,5 @@ class Limiter:
             finally:
                 self.in_flight -= 1
         finally:
-            if semaphore is not None:
-                semaphore.release()
+            if gate is not None:
+                gate.release()

@@ -12,12 +12,14 @@ capped at ``max_wait_s``.
 
 from __future__ import annotations
 
+import math
+import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import anyio
 import tenacity
-from tenacity.wait import wait_base, wait_exponential_jitter
+from tenacity.wait import wait_base
 
 from .errors import BackendError, ConfigurationError
 
@@ -33,12 +35,18 @@ class _ServerAskedOrBackoff(wait_base):
 
     def __init__(self, policy: RetryPolicy) -> None:
         self._cap = policy.max_wait_s
-        self._backoff = wait_exponential_jitter(
-            multiplier=policy.initial_wait_s,
-            max=policy.max_wait_s,
-            exp_base=policy.exp_base,
-            jitter=policy.jitter_s,
-        )
+        self._initial = policy.initial_wait_s
+        self._base = policy.exp_base
+        self._jitter = policy.jitter_s
+
+    def _backoff(self, attempt: int) -> float:
+        # initial * base^(attempt-1) plus up to jitter_s of noise. Written out rather than
+        # taken from tenacity, whose parameter names changed between supported versions.
+        try:
+            wait = self._initial * self._base ** (attempt - 1)
+        except OverflowError:
+            wait = math.inf
+        return wait + random.uniform(0, self._jitter)
 
     def __call__(self, retry_state: tenacity.RetryCallState) -> float:
         outcome = retry_state.outcome
@@ -46,7 +54,7 @@ class _ServerAskedOrBackoff(wait_base):
         asked = getattr(exc, "retry_after", None)
         if asked is not None:
             return max(0.0, min(float(asked), self._cap))
-        return min(self._backoff(retry_state), self._cap)
+        return max(0.0, min(self._backoff(retry_state.attempt_number), self._cap))
 
 
 @dataclass(frozen=True, slots=True)

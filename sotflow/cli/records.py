@@ -54,7 +54,9 @@ class InputItem:
 def _lines(path: str) -> tuple[list[str], bool]:
     """The input's lines and whether it is JSONL."""
     if path == "-":
-        text = sys.stdin.read()
+        # As for files (utf-8-sig below): a byte-order mark, as Windows tools write
+        # one, would otherwise hide the first line's "{" and turn JSONL into text.
+        text = sys.stdin.read().removeprefix("\ufeff")
         first = next((line.strip() for line in text.splitlines() if line.strip()), "")
         return text.splitlines(), first.startswith("{")
     file = Path(path)
@@ -126,6 +128,23 @@ def _carry(record: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     return record
 
 
+def strategy_used(answer: Answer) -> str:
+    """The strategy that really ran, also when the run failed.
+
+    A routed ("auto") run names the chosen strategy in its answer only when it
+    succeeds; when the chosen strategy then fails, ``answer.strategy`` is just "auto".
+    The engine records every embedded strategy in its trace node, so take the last.
+    """
+    if answer.ok or answer.trace is None:
+        return answer.strategy
+    embedded = [
+        str(node.meta["strategy"])
+        for node in answer.trace.nodes
+        if node.kind == "embed" and node.meta.get("strategy")
+    ]
+    return embedded[-1] if embedded else answer.strategy
+
+
 def answer_record(item: InputItem, answer: Answer) -> dict[str, Any]:
     points = None
     if answer.points is not None:
@@ -133,7 +152,7 @@ def answer_record(item: InputItem, answer: Answer) -> dict[str, Any]:
     record = {
         "id": item.id,
         "question": item.question,
-        "strategy": answer.strategy,
+        "strategy": strategy_used(answer),
         "answer": answer.text if answer.ok else (answer.text or None),
         "points": points,
         "usage": {

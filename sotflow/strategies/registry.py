@@ -7,9 +7,13 @@ from typing import Any
 
 from ..errors import ConfigurationError
 from .base import Strategy
+from .best_of_n import BestOfN
 from .direct import Direct
+from .refine import Refine
 from .routed import Routed
+from .self_consistency import SelfConsistency
 from .skeleton import SkeletonOfThought
+from .tree_search import TreeSearch
 
 __all__ = ["STRATEGY_NAMES", "make_strategy"]
 
@@ -31,6 +35,11 @@ def _sot(dependencies: bool) -> Factory:
     return make
 
 
+def _given(s: dict[str, Any]) -> dict[str, Any]:
+    # Sampling strategies keep their own temperature (> 0) unless one is given.
+    return {k: s[k] for k in ("max_tokens", "temperature") if s.get(k) is not None}
+
+
 def _auto(s: dict[str, Any]) -> Strategy:
     strategies = {name: make(s) for name, make in _FACTORIES.items() if name != "auto"}
     return Routed(s.get("router"), strategies=strategies)
@@ -41,6 +50,10 @@ _FACTORIES: dict[str, Factory] = {
     "sot": _sot(False),
     "sot-dag": _sot(True),
     "direct": _direct,
+    "self-consistency": lambda s: SelfConsistency(**_given(s)),
+    "best-of-n": lambda s: BestOfN(4, "judge", **_given(s)),
+    "refine": lambda s: Refine(**_given(s)),
+    "tree-search": lambda s: TreeSearch(**_given(s)),
 }
 
 STRATEGY_NAMES = tuple(_FACTORIES)

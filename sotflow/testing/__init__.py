@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import json
 import os
+import selectors
 import subprocess
 import sys
 import tempfile
-import time
 import urllib.request
 from dataclasses import asdict
 from typing import Any
@@ -60,9 +60,13 @@ class LoopbackServer:
             env=env,
         )
         assert self.process.stdout is not None
-        deadline = time.monotonic() + timeout_s
-        line = self.process.stdout.readline()
-        if "listening on" not in line or time.monotonic() > deadline:
+        # Wait for the "listening on" line at most timeout_s (readline alone would block
+        # forever on a server that hangs before printing it).
+        with selectors.DefaultSelector() as selector:
+            selector.register(self.process.stdout, selectors.EVENT_READ)
+            ready = selector.select(timeout_s)
+        line = self.process.stdout.readline() if ready else ""
+        if "listening on" not in line:
             self.stop()
             self._stderr.seek(0)
             raise RuntimeError(f"the loopback server did not start: {self._stderr.read()[-2000:]}")

@@ -75,7 +75,9 @@ class Fault:
     stream that ends cleanly but without finishing), ``malformed`` (invalid JSON
     body, or a bad stream event after ``after_tokens``), ``hang`` (never answers),
     ``delay`` (answers ``delay_s`` late). ``match`` limits it to requests whose last
-    message contains that text.
+    message contains that text. ``message`` replaces a ``status`` fault's error message;
+    ``{key}`` in it becomes the bearer key the request carried, as careless servers
+    echo it (tests use this to check that sotflow never repeats a key).
     """
 
     kind: str = "status"
@@ -88,6 +90,7 @@ class Fault:
     delay_s: float = 0.0
     match: str | None = None
     times: int = 1
+    message: str | None = None
 
     @classmethod
     def of(cls, data: dict[str, Any]) -> Fault:
@@ -211,7 +214,7 @@ class _Server:
             )
         return None
 
-    def error_response(self, fault: Fault) -> web.Response:
+    def error_response(self, fault: Fault, request: web.Request) -> web.Response:
         headers = {}
         if fault.retry_after is not None:
             headers["retry-after"] = fault.retry_after
@@ -219,7 +222,11 @@ class _Server:
             headers["retry-after-ms"] = fault.retry_after_ms
         if fault.should_retry is not None:
             headers["x-should-retry"] = fault.should_retry
-        error = {"message": f"injected {fault.status}", "type": "injected", "code": fault.code}
+        message = f"injected {fault.status}"
+        if fault.message is not None:
+            key = request.headers.get("Authorization", "").removeprefix("Bearer ")
+            message = fault.message.replace("{key}", key)
+        error = {"message": message, "type": "injected", "code": fault.code}
         self.stats.statuses[fault.status] += 1
         return web.json_response({"error": error}, status=fault.status, headers=headers)
 
@@ -266,7 +273,7 @@ class _Server:
         if fault is not None:
             self.stats.faults += 1
             if fault.kind == "status":
-                return self.error_response(fault)
+                return self.error_response(fault, request)
             if fault.kind == "hang":
                 await asyncio.sleep(3600)
             if fault.kind == "delay":

@@ -207,6 +207,28 @@ async def test_a_failed_point_fails_the_answer_with_its_error() -> None:
 
 
 @pytest.mark.anyio
+@pytest.mark.parametrize("routed", [False, True], ids=["sot", "auto"])
+async def test_a_failed_skeleton_fails_the_answer_with_its_error(routed: bool) -> None:
+    # The skeleton's `then` adds the rest of the graph; when the skeleton fails there is
+    # no rest, and the run must still report why (not that the graph stalled).
+    def script(request: Request) -> object:
+        return sotflow.AuthenticationError("invalid api key", status_code=401)
+
+    backend = sotflow.ScriptedBackend(script)
+    strategy = (
+        sotflow.Routed(strategies={"direct": sotflow.SkeletonOfThought()})
+        if routed
+        else sotflow.SkeletonOfThought()
+    )
+    async with sotflow.Engine(backend) as engine:
+        with pytest.raises(sotflow.AuthenticationError, match="invalid api key"):
+            await engine.run(strategy, "Write a haiku.")
+        answer = await engine.run(strategy, "Write a haiku.", return_errors=True)
+    assert answer.error is not None
+    assert (answer.error.type, answer.error.message) == ("AuthenticationError", "invalid api key")
+
+
+@pytest.mark.anyio
 async def test_points_share_the_backend_cap() -> None:
     backend = sotflow.ScriptedBackend(
         model(delays={1: 0.05, 2: 0.05, 3: 0.05, 4: 0.05}), max_concurrency=2

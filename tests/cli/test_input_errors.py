@@ -1,0 +1,127 @@
+"""Bad input never stops a run; bad invocations stop it before any model call."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+from sotflow.testing import LoopbackServer
+
+from .conftest import SOT_QUESTIONS, Runner, read_records, write_jsonl
+
+
+def test_bad_lines_become_error_records_naming_the_line(
+    cli: Runner, loopback: LoopbackServer, tmp_path: Path
+) -> None:
+    lines = [
+        json.dumps({"id": "ok1", "question": SOT_QUESTIONS[0]}),
+        '{"id": "broken", "question": "unterminated',
+        "[1, 2, 3]",
+        json.dumps({"id": "noq", "category": "advice"}),
+        json.dumps({"id": "empty", "question": "   "}),
+        json.dumps({"id": {"nested": 1}, "question": SOT_QUESTIONS[1]}),
+        json.dumps({"id": "num", "question": 42}),
+        "",
+        json.dumps({"id": "ok2", "question": SOT_QUESTIONS[2], "answer": "gold"}),
+    ]
+    source = tmp_path / "in.jsonl"
+    source.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    out = tmp_path / "out.jsonl"
+    result = cli("batch", str(source), "-o", str(out), "--prefill", "--strategy", "direct")
+    assert result.code == 1, result.stderr
+    records = read_records(out)
+    assert len(records) == 8  # every non-blank line has its record
+    errors = {r["id"]: r["error"] for r in records if r["error"]}
+    assert {r["id"] for r in records if not r["error"]} == {"ok1", "ok2"}
+    # The line number is the id where the line had none to give, and is always named.
+    expected = {
+        2: "not valid JSON",
+        3: "expected a JSON object",
+        "noq": "has no 'question'",
+        "empty": "empty or non-text",
+        6: "'id' must be",
+        "num": "empty or non-text",
+    }
+    line_of = {2: 2, 3: 3, "noq": 4, "empty": 5, 6: 6, "num": 7}
+    assert set(errors) == set(expected)
+    for key, text in expected.items():
+        assert errors[key]["type"] == "InputError"
+        assert f"line {line_of[key]}:" in errors[key]["message"]
+        assert text in errors[key]["message"]
+    # Carried fields survive on an error record too.
+    noq = next(r for r in records if r["id"] == "noq")
+    assert noq["category"] == "advice" and noq["answer"] is None and noq["attempts"] == 0
+    assert "2 answered, 6 failed" in result.stderr
+    assert loopback.stats()["requests"] == 2
+
+
+def test_duplicate_ids_are_refused_before_any_call(
+    cli: Runner, loopback: LoopbackServer, tmp_path: Path
+) -> None:
+    rows = [
+        {"id": "a", "question": SOT_QUESTIONS[0]},
+        {"id": "b", "question": SOT_QUESTIONS[1]},
+        {"id": "a", "question": SOT_QUESTIONS[2]},
+        {"id": 4, "question": SOT_QUESTIONS[3]},
+        {"question": "no id: line 5"},
+        {"id": "5", "question": "the string '5' names the same record as line 5"},
+    ]
+    source = write_jsonl(tmp_path / "in.jsonl", rows)
+    out = tmp_path / "out.jsonl"
+    result = cli("batch", str(source), "-o", str(out), "--prefill")
+    assert result.code == 2
+    assert "duplicate ids" in result.stderr
+    named = re.search(r"duplicate ids in .+?: (.+?)\. Ids", result.stderr)
+    assert named is not None, result.stderr
+    assert named.group(1) == "a, 5"
+    assert loopback.stats()["requests"] == 0
+    assert not out.exists()
+
+
+def test_missing_input_file_is_a_usage_error(
+    cli: Runner, loopback: LoopbackServer, tmp_path: Path
+) -> None:
+    missing = tmp_path / "nope.jsonl"
+    result = cli("batch", str(missing), "-o", str(tmp_path / "out.jsonl"))
+    assert result.code == 2
+    assert "does not exist" in result.stderr and "nope.jsonl" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert loopback.stats()["requests"] == 0
+
+
+def test_existing_output_needs_resume_or_overwrite(
+    cli: Runner, loopback: LoopbackServer, tmp_path: Path
+) -> None:
+    source = write_jsonl(tmp_path / "in.jsonl", [{"question": SOT_QUESTIONS[0]}])
+    out = tmp_path / "out.jsonl"
+    out.write_text('{"precious": true}\n', encoding="utf-8")
+    result = cli("batch", str(source), "-o", str(out), "--prefill")
+    assert result.code == 2
+    assert "--resume" in result.stderr and "--overwrite" in result.stderr
+    assert out.read_text() == '{"precious": true}\n'
+    assert loopback.stats()["requests"] == 0
+
+    result = cli("batch", str(source), "-o", str(out), "--prefill", "--overwrite", "--quiet")
+    assert result.code == 0, result.stderr
+    (record,) = read_records(out)
+    assert record["id"] == 1 and record["error"] is None
+
+
+def test_usage_errors_exit_2(cli: Runner, loopback: LoopbackServer, tmp_path: Path) -> None:
+    source = write_jsonl(tmp_path / "in.jsonl", [{"question": SOT_QUESTIONS[0]}])
+    out = tmp_path / "out.jsonl"
+    for bad in (
+        ["--strategy", "nonsense"],
+        ["--concurrency", "0"],
+        ["--timeout", "-1"],
+        ["--unknown-flag"],
+    ):
+        result = cli("batch", str(source), "-o", str(out), *bad)
+        assert result.code == 2, (bad, result.stderr)
+        assert "Traceback" not in result.stderr
+    result = cli("batch", str(source))  # no -o
+    assert result.code == 2 and "-o/--output" in result.stderr
+    assert cli().code == 2  # no command at all
+    assert loopback.stats()["requests"] == 0
+    assert not out.exists()

@@ -1,0 +1,34 @@
+"""The strategy examples run offline (scripted stand-in) and print what they promise."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("best_of_n.py", "best of 4: 'Back in the saddle by tonight.'"),
+        ("self_consistency.py", "answer: 27"),
+        ("refine.py", "stopped: accepted"),
+        ("tree_search.py", "answer: 2 * (3 + 4) = 14"),
+        ("chain.py", "step 2 (refine)"),
+        ("rejection.py", "accepted sample 3 of 4"),
+    ],
+)
+def test_example_runs_offline(name: str, expected: str) -> None:
+    env = {k: v for k, v in os.environ.items() if k not in ("OPENAI_API_KEY", "OPENAI_BASE_URL")}
+    root = str(EXAMPLES.parent)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
+    done = subprocess.run(
+        [sys.executable, name], cwd=EXAMPLES, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert expected in done.stdout
