@@ -60,12 +60,15 @@ class SpeculationConfig:
 
     ``hybrid`` is lookahead plus prompt-lookup candidates in the same tree.
 
-    The default, ``prompt_lookup``, won on the machine this was built on (2 shared CPU
-    cores, SmolLM2-135M, float32; see ``benchmarks/local_decoding.py``): it proposes
+    The default is ``prompt_lookup``, chosen by measurement on 2 shared CPU cores with
+    SmolLM2-135M in float32 (``benchmarks/results/local_decoding.json``): it proposes
     tokens only after a repeated 2-gram, so a step costs nothing extra when there is
-    nothing to copy. Lookahead accepts more tokens per step (~1.3-1.4 vs ~1.05) but
-    its window makes every block ~17 tokens, which costs ~1.7x a one-token step on such
-    a CPU; on hardware where extra tokens are nearly free (GPUs) prefer ``lookahead``.
+    nothing to copy; it tied plain decoding on open-ended answers (1.04x vs 1.05x of
+    ``generate``) and clearly won where replies copy their prompt (SoT point
+    expansions, ``benchmarks/local_concurrency.py``). Lookahead accepts more tokens per
+    step (1.37 vs 1.02) but its window makes every block ~17 tokens, which costs ~1.7x
+    a one-token step on such a CPU (0.95x of ``generate``); where extra tokens are
+    nearly free (GPUs) prefer ``lookahead`` or ``hybrid``.
     """
 
     mode: DecodeMode = "prompt_lookup"
