@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import sys
@@ -32,10 +33,12 @@ if str(ROOT) not in sys.path:
     # Run from a checkout without installing: benchmarks/ sits beside sotflow/.
     sys.path.insert(0, str(ROOT))
 
+from sotflow.backends.openai import OpenAIBackend  # noqa: E402
 from sotflow.errors import ConfigurationError  # noqa: E402
 from sotflow.routing import (  # noqa: E402
     EmbeddingRouter,
     KeywordBaseline,
+    LLMRouter,
     Router,
     RuleRouter,
     decide_many,
@@ -53,6 +56,11 @@ def build_routers(names: Sequence[str]) -> tuple[list[Router], dict[str, str]]:
             routers.append(RuleRouter())
         elif name == "keyword":
             routers.append(KeywordBaseline())
+        elif name == "llm":
+            if not (os.environ.get("OPENAI_API_KEY") or os.environ.get("OPENAI_BASE_URL")):
+                skipped[name] = "set OPENAI_API_KEY or OPENAI_BASE_URL (and SOTFLOW_MODEL)"
+                continue
+            routers.append(LLMRouter(OpenAIBackend()))
         elif name == "embedding":
             try:
                 router = EmbeddingRouter()
@@ -72,7 +80,8 @@ async def measure(router: Router, rows: Sequence[Labelled], repeat: int) -> dict
         decisions = await decide_many(router, questions)
         batch_s.append(time.perf_counter() - start)
     single = []
-    for q in questions:
+    # A model-backed router pays for every call: time it on the batch only.
+    for q in questions if router.name != "llm" else ():
         start = time.perf_counter()
         await router.decide(q)
         single.append(time.perf_counter() - start)
@@ -80,7 +89,7 @@ async def measure(router: Router, rows: Sequence[Labelled], repeat: int) -> dict
     return {
         **scores.as_dict(),
         "batch_us_per_question": statistics.median(batch_s) / len(rows) * 1e6,
-        "single_us_median": statistics.median(single) * 1e6,
+        "single_us_median": statistics.median(single) * 1e6 if single else float("nan"),
         "errors": [
             {"id": r.id, "label": r.label, "decision": d.strategy, "reason": d.reason}
             for r, d in zip(rows, decisions, strict=True)
@@ -120,7 +129,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--routers",
         default="rules,keyword,embedding",
-        help="comma-separated: rules, keyword, embedding (default: all three)",
+        help="comma-separated: rules, keyword, embedding, llm (default: the first three; llm "
+        "asks the model configured by OPENAI_BASE_URL / OPENAI_API_KEY / SOTFLOW_MODEL)",
     )
     parser.add_argument("--json", type=Path, help="also write the results, with errors, here")
     parser.add_argument("--errors", action="store_true", help="list each misrouted question")
@@ -129,7 +139,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     names = [n.strip() for n in args.routers.split(",") if n.strip()]
-    unknown = set(names) - {"rules", "keyword", "embedding"}
+    unknown = set(names) - {"rules", "keyword", "embedding", "llm"}
     if unknown:
         parser.error(f"unknown routers: {', '.join(sorted(unknown))}")
     try:
@@ -139,10 +149,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     routers, skipped = build_routers(names)
 
     async def run_all() -> dict[str, dict[str, dict[str, Any]]]:
-        return {
-            path: {router.name: await measure(router, rows, args.repeat) for router in routers}
-            for path, rows in datasets.items()
-        }
+        try:
+            return {
+                path: {router.name: await measure(router, rows, args.repeat) for router in routers}
+                for path, rows in datasets.items()
+            }
+        finally:
+            for router in routers:
+                if isinstance(router, LLMRouter):
+                    await router.backend.aclose()
 
     results = anyio.run(run_all)
     print(markdown(results))
