@@ -193,7 +193,11 @@ class DecoderModel:
         B, H, T, D = q.shape
         Hkv = k.shape[1]
         if bias is None:
-            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=Hkv != H)
+            if Hkv != H:  # repeat K/V per query head, as transformers does (works on torch 2.4)
+                S = k.shape[2]
+                k = k[:, :, None].expand(B, Hkv, H // Hkv, S, D).reshape(B, H, S, D)
+                v = v[:, :, None].expand(B, Hkv, H // Hkv, S, D).reshape(B, H, S, D)
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         grouped = q.reshape(B, Hkv, (H // Hkv) * T, D)  # heads kv*G+g share kv head kv
         scores = torch.matmul(grouped, k.transpose(-1, -2)) * self.scale  # [B, Hkv, G*T, S]
         probs = torch.softmax(scores.float() + bias, dim=-1).to(q.dtype)
