@@ -8,6 +8,7 @@ concurrent model calls.
 """
 
 from .backends.base import Backend, Capabilities
+from .backends.local import LocalBackend
 from .backends.openai import OpenAIBackend
 from .backends.scripted import Fail, Reply, ScriptedBackend
 from .engine import Engine, EventStream
@@ -115,6 +116,7 @@ __all__ = [
     "KeywordBaseline",
     "LLMRouter",
     "Limiter",
+    "LocalBackend",
     "MalformedResponseError",
     "Message",
     "NoAnswerError",
