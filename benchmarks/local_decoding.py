@@ -21,6 +21,7 @@ import torch
 from sotflow.backends.local import LocalBackend
 from sotflow.decoding.batched import DECODE_MODES
 from sotflow.decoding.model_loading import load_model
+from sotflow.decoding.threads import on_torch_thread
 from sotflow.types import Request
 
 PROMPTS = [
@@ -74,10 +75,12 @@ def hf_generate(
 
 async def main() -> None:
     args = parse_args()
+    # Every torch call of both sides runs on sotflow's one torch thread: a second thread
+    # doing torch work would give OpenMP a second team and slow both (decoding/threads.py).
     if args.threads:
-        torch.set_num_threads(args.threads)
+        on_torch_thread(torch.set_num_threads, args.threads)
     modes = [m for m in args.modes.split(",") if m]
-    loaded = load_model(args.model, device="cpu")
+    loaded = on_torch_thread(lambda: load_model(args.model, device="cpu"))
     backend = LocalBackend.from_model(loaded.model, loaded.tokenizer, name=loaded.source.name)
     requests = [
         Request.of(q, max_tokens=args.max_tokens, temperature=0) for q in PROMPTS[: args.prompts]
@@ -86,7 +89,7 @@ async def main() -> None:
     eos = backend._eos
     methods = ["hf_generate", *modes]
     # Warm-up: first calls pay for allocations and kernel selection.
-    hf_generate(loaded.model, loaded.tokenizer, prompts[0], 8, eos)
+    on_torch_thread(hf_generate, loaded.model, loaded.tokenizer, prompts[0], 8, eos)
     for mode in modes:
         backend.set_decoding(mode)
         await backend.complete(Request.of(PROMPTS[0], max_tokens=8, temperature=0))
@@ -103,8 +106,8 @@ async def main() -> None:
             for method in methods[shift:] + methods[:shift]:
                 start = time.perf_counter()
                 if method == "hf_generate":
-                    text, n = hf_generate(
-                        loaded.model, loaded.tokenizer, prompt, args.max_tokens, eos
+                    text, n = on_torch_thread(
+                        hf_generate, loaded.model, loaded.tokenizer, prompt, args.max_tokens, eos
                     )
                     reference.setdefault(p, text)
                 else:

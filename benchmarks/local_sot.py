@@ -22,10 +22,9 @@ import torch
 
 import sotflow
 from sotflow.backends.local import LocalBackend
+from sotflow.decoding.threads import on_torch_thread
 
-DEFAULT_QUESTIONS = (
-    Path(__file__).resolve().parents[1] / "shared" / "data" / "vicuna80_router.jsonl"
-)
+DEFAULT_QUESTIONS = Path(__file__).resolve().parents[1] / "data" / "router" / "vicuna80.jsonl"
 FALLBACK = [
     "What are the most effective ways to deal with stress?",
     "How can I improve my time management skills?",
@@ -54,7 +53,7 @@ async def main() -> None:
     ap.add_argument("--json", dest="json_path", default=None)
     args = ap.parse_args()
     if args.threads:
-        torch.set_num_threads(args.threads)
+        on_torch_thread(torch.set_num_threads, args.threads)
     backend = LocalBackend(args.model, device="cpu", decoding=args.decoding, max_batch_size=16)
     sot = sotflow.SkeletonOfThought(point_max_tokens=args.point_max_tokens, skeleton_max_tokens=96)
     direct = sotflow.Direct(max_tokens=args.direct_max_tokens)

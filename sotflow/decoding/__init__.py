@@ -10,6 +10,7 @@
     lookahead       the 2D Jacobi window and its n-gram pool (Fu et al., 2024)
     heads           the seam for trained draft heads (Medusa, Cerberus)
     batched         the continuous-batching decoder that ties all of the above together
+    threads         the one thread that runs all torch work (one OpenMP team per process)
 
 Importing this package imports torch; ``sotflow`` itself never does.
 """

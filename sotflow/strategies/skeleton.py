@@ -79,7 +79,9 @@ class SkeletonOfThought:
         )
         request = Request(
             (Message.system(self.prompts.render("skeleton.system")), Message.user(user)),
-            self.skeleton_params,
+            # Points past max_points are never used; stop before writing them (small
+            # models otherwise repeat a last line until max_tokens).
+            self.skeleton_params.replace(stop=(f"\n{self.max_points + 1}.",)),
             prefill="1.",
         )
         return Graph((Call("skeleton", request, then=self._plan),), output="answer")
@@ -135,6 +137,7 @@ class SkeletonOfThought:
                 index=point.index,
                 title=point.title,
             )
+            # A blank line (a second paragraph) or the next point's number ends this one.
             stop = ("\n\n", f"\n{point.index + 1}.")
             return Request(
                 (system, Message.user(user)),
@@ -188,7 +191,11 @@ class SkeletonOfThought:
 
 
 def _prefill(point: OutlinePoint) -> str:
-    return f"{point.index}. {point.title}:"
+    # "i. Title -" rather than "i. Title:": after a colon small models often start a new
+    # paragraph (a blank line first, which the stop below reads as the end of an empty
+    # point); after a dash they continue on the line. Measured on SmolLM2 over 7
+    # points: colon 4/7 opened with a newline, 2 empty; dash 7/7 on the line.
+    return f"{point.index}. {point.title} -"
 
 
 def _text(completion: Completion, ctx: NodeContext) -> str:

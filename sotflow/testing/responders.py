@@ -49,7 +49,7 @@ _WORDS = [
     "the",
     "team",
 ]
-_POINT = re.compile(r"^(\d+)\.\s+(.+):$")
+_POINT = re.compile(r"^(\d+)\.\s+(.+?)\s*[:-]$")
 _BEGIN = re.compile(r"Begin your reply with exactly: (.+)$", re.S)
 
 

@@ -32,9 +32,9 @@ def sot_model(point_delay: float = 0.0, slow_point: int | None = None, slow_s: f
 
 
 EXPECTED = (
-    "1. Plan the day: point 1 text.\n"
-    "2. Cut distractions: point 2 text.\n"
-    "3. Rest well: point 3 text."
+    "1. Plan the day - point 1 text.\n"
+    "2. Cut distractions - point 2 text.\n"
+    "3. Rest well - point 3 text."
 )
 
 
@@ -187,7 +187,7 @@ async def test_retries_show_as_custom_events() -> None:
     failures = iter([sotflow.ServerError("flaky", status_code=503)])
 
     def flaky(request: Request) -> object:
-        if request.prefill == "2. Cut distractions:":
+        if request.prefill == "2. Cut distractions -":
             error = next(failures, None)
             if error is not None:
                 return error

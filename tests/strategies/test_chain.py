@@ -85,7 +85,9 @@ async def test_sot_then_refine_embeds_both_strategies() -> None:
     prompts = [r.messages[-1].content for r in backend.requests]
     (prompt,) = [p for p in prompts if "Build on this earlier answer" in p]
     assert prompt.startswith("How do I stay healthy?")
-    assert "1. Sleep: short detail.\n2. Move: short detail.\n3. Eat well: short detail." in prompt
+    assert (
+        "1. Sleep - short detail.\n2. Move - short detail.\n3. Eat well - short detail." in prompt
+    )
     assert answer.text == "a polished version"
     steps = answer.details["steps"]
     assert [s["kind"] for s in steps] == ["sot", "refine"]
@@ -139,9 +141,9 @@ async def test_an_embedded_sot_as_last_step_streams_its_points() -> None:
                 answer = event.answer
     assert answer.ok, answer.error
     assert "".join(pieces) == answer.text
-    assert re.match(r"1\. Sleep: short detail\.\n2\. Move", answer.text)
+    assert re.match(r"1\. Sleep - short detail\.\n2\. Move", answer.text)
     assert [p.title for p in answer.points or []] == ["Sleep", "Move", "Eat well"]
-    assert pieces[0] == "1. Sleep:"  # the first point's heading, streamed as a part
+    assert pieces[0] == "1. Sleep -"  # the first point's heading, streamed as a part
 
 
 @pytest.mark.anyio

@@ -112,7 +112,7 @@ async def test_routed_with_a_model_free_router_makes_no_extra_call() -> None:
     assert answer.decision == sotflow.Decision(
         strategy="sot", confidence=0.9, reason="fixed", router="fixed"
     )
-    assert answer.text.startswith("1. Plan: point.")
+    assert answer.text.startswith("1. Plan - point.")
 
 
 @pytest.mark.anyio
@@ -157,7 +157,7 @@ async def test_routed_streams_the_chosen_strategys_answer_in_order() -> None:
                 pieces.append(event.text)
             elif isinstance(event, sotflow.RunFinished):
                 final = event.answer
-    assert "".join(pieces) == final.text == "1. Plan: point.\n2. Focus: point.\n3. Rest: point."
+    assert "".join(pieces) == final.text == "1. Plan - point.\n2. Focus - point.\n3. Rest - point."
 
 
 def test_a_router_needs_decide() -> None:

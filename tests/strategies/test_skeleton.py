@@ -40,8 +40,8 @@ async def test_sot_expands_every_point_at_once_and_assembles_in_order() -> None:
         answer = await engine.run(sotflow.SkeletonOfThought(), "How do I manage my time?")
     assert answer.strategy == "sot"
     assert answer.text == (
-        "1. Plan the day: detail 1 here.\n2. Cut distractions: detail 2 here.\n"
-        "3. Take breaks: detail 3 here.\n4. Review each week: detail 4 here."
+        "1. Plan the day - detail 1 here.\n2. Cut distractions - detail 2 here.\n"
+        "3. Take breaks - detail 3 here.\n4. Review each week - detail 4 here."
     )
     assert [(p.index, p.title, p.text) for p in answer.points or []] == [
         (1, "Plan the day", "detail 1 here."),
@@ -69,10 +69,10 @@ async def test_prompts_carry_question_skeleton_and_prefill() -> None:
     assert "3 to 6 points" in skeleton_call.messages[-1].content
     prefills = sorted(r.prefill or "" for r in point_calls)
     assert prefills == [
-        "1. Plan the day:",
-        "2. Cut distractions:",
-        "3. Take breaks:",
-        "4. Review each week:",
+        "1. Plan the day -",
+        "2. Cut distractions -",
+        "3. Take breaks -",
+        "4. Review each week -",
     ]
     for request in point_calls:
         text = request.messages[-1].content
@@ -133,8 +133,8 @@ async def test_streamed_answer_comes_in_reading_order_while_points_run() -> None
     # Points 2-4 were done before point 1 wrote anything, yet the text starts with point 1,
     # whose heading is out at once and whose words follow as they are written.
     assert {"p2", "p3", "p4"} <= finished_before_point_1_text
-    assert pieces[:3] == ["1. Plan the day:", " detail", " 1"]
-    assert re.match(r"1\. Plan the day: detail 1 here\.\n2\. ", answer.text)
+    assert pieces[:3] == ["1. Plan the day -", " detail", " 1"]
+    assert re.match(r"1\. Plan the day - detail 1 here\.\n2\. ", answer.text)
 
 
 @pytest.mark.anyio
@@ -151,7 +151,7 @@ async def test_dependency_aware_sot_runs_points_as_a_graph() -> None:
     # Point 3 starts only once 1 and 2 are written; 4 runs alongside 1 and 2.
     assert points[3].start_s >= max(points[1].end_s, points[2].end_s)  # type: ignore[operator]
     assert points[4].start_s < points[1].end_s  # type: ignore[operator]
-    (request,) = [r for r in backend.requests if r.prefill == "3. Compare totals:"]
+    (request,) = [r for r in backend.requests if r.prefill == "3. Compare totals -"]
     prompt = request.messages[-1].content
     assert "1. Current costs: detail 1 here." in prompt
     assert "2. New costs: detail 2 here." in prompt
