@@ -375,11 +375,8 @@ async def serve(backend: Backend, host: str = "127.0.0.1", port: int = 8000) -> 
         await anyio.sleep_forever()
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        prog="python -m sotflow.serve",
-        description="Serve a local model over an OpenAI-compatible HTTP API.",
-    )
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The serve options, shared by ``python -m sotflow.serve`` and ``sotflow serve``."""
     parser.add_argument("--model", default="smollm2", help="alias, HF folder, .gguf file or hub id")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000)
@@ -389,7 +386,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument(
         "--decoding", default=None, help="plain, prompt_lookup, jacobi, lookahead, hybrid"
     )
-    args = parser.parse_args(argv)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Load the model and serve until interrupted; 2 on a configuration error."""
+    import sys
+
     from .backends.local import LocalBackend
 
     try:
@@ -401,10 +403,21 @@ def main(argv: Sequence[str] | None = None) -> None:
             decoding=args.decoding,
         )
     except ConfigurationError as exc:
-        parser.exit(2, f"error: {exc}\n")
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     print(f"serving {backend.model} on http://{args.host}:{args.port}/v1", flush=True)
     with contextlib.suppress(KeyboardInterrupt):
         anyio.run(serve, backend, args.host, args.port)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m sotflow.serve",
+        description="Serve a local model over an OpenAI-compatible HTTP API.",
+    )
+    add_arguments(parser)
+    raise SystemExit(run(parser.parse_args(argv)))
 
 
 if __name__ == "__main__":

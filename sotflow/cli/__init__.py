@@ -20,6 +20,7 @@ import anyio
 from ..engine import Engine
 from ..errors import ConfigurationError
 from ..events import AnswerDelta, AnswerReset, RunFinished
+from ..serve import add_arguments as serve_arguments
 from ..strategies.registry import make_strategy
 from .batch import run_batch
 from .options import (
@@ -304,17 +305,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    try:
-        from ..serve import main as serve_main
-    except ImportError as exc:
-        raise ConfigurationError(
-            f"serving needs the 'local' extra: pip install 'sotflow[local]' ({exc})"
-        ) from exc
-    argv = ["--model", args.model or "smollm2", "--host", args.host, "--port", str(args.port)]
-    argv += ["--device", args.device] + (["--dtype", args.dtype] if args.dtype else [])
-    if args.max_batch_size:
-        argv += ["--max-batch-size", str(args.max_batch_size)]
-    return int(serve_main(argv) or 0)
+    from ..serve import run
+
+    return run(args)
 
 
 def cmd_train_router(args: argparse.Namespace, rest: list[str]) -> int:
@@ -366,12 +359,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_backend_options(bench)
 
     serve = sub.add_parser("serve", help="serve a local model as an OpenAI-compatible API")
-    serve.add_argument("--model", default="smollm2")
-    serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8000)
-    serve.add_argument("--device", default="auto")
-    serve.add_argument("--dtype", default=None)
-    serve.add_argument("--max-batch-size", type=positive_int, default=None)
+    serve_arguments(serve)
 
     sub.add_parser(
         "train-router",
