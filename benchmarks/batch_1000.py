@@ -218,7 +218,7 @@ def main() -> None:
         "p50_s": float(latency.group(1)) if latency else None,
         "p95_s": float(latency.group(2)) if latency else None,
         "ideal_s": ideal,
-        "throughput_bound_s": bound,
+        "busy_share_s": bound,
         "summary": stderr.strip(),
     }
     w = result
