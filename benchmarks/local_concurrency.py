@@ -95,6 +95,8 @@ async def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     ap.add_argument("--model", default="smollm2")
+    ap.add_argument("--device", default="cpu", help="cpu, cuda, auto")
+    ap.add_argument("--dtype", default=None, help="float32 (default), bfloat16, float16")
     ap.add_argument("--max-tokens", type=int, default=32)
     ap.add_argument("--runs", type=int, default=2)
     ap.add_argument("--decoding", default=None, help="decoding mode (default: the backend's)")
@@ -104,7 +106,9 @@ async def main() -> None:
     args = ap.parse_args()
     if args.threads:
         on_torch_thread(torch.set_num_threads, args.threads)
-    backend = LocalBackend(args.model, device="cpu", decoding=args.decoding, max_batch_size=8)
+    backend = LocalBackend(
+        args.model, device=args.device, dtype=args.dtype, decoding=args.decoding, max_batch_size=8
+    )
     await backend.complete(Request.of("Hello", max_tokens=4))  # warm-up
     results = []
     for name in [w for w in args.workloads.split(",") if w]:

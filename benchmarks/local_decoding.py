@@ -41,6 +41,8 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument(
         "--model", default="smollm2", help="alias, HF folder or .gguf (default smollm2)"
     )
+    ap.add_argument("--device", default="cpu", help="cpu, cuda, auto")
+    ap.add_argument("--dtype", default=None, help="float32 (default), bfloat16, float16")
     ap.add_argument("--prompts", type=int, default=4, help=f"how many prompts (max {len(PROMPTS)})")
     ap.add_argument("--max-tokens", type=int, default=96)
     ap.add_argument("--runs", type=int, default=3)
@@ -55,10 +57,11 @@ def parse_args() -> argparse.Namespace:
 def hf_generate(
     model: Any, tokenizer: Any, prompt: list[int], max_tokens: int, eos: frozenset[int]
 ) -> tuple[str, int]:
+    device = model.device
     with torch.inference_mode():
         out = model.generate(
-            torch.tensor([prompt]),
-            attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
+            torch.tensor([prompt], device=device),
+            attention_mask=torch.ones(1, len(prompt), dtype=torch.long, device=device),
             max_new_tokens=max_tokens,
             do_sample=False,
         )
@@ -80,7 +83,7 @@ async def main() -> None:
     if args.threads:
         on_torch_thread(torch.set_num_threads, args.threads)
     modes = [m for m in args.modes.split(",") if m]
-    loaded = on_torch_thread(lambda: load_model(args.model, device="cpu"))
+    loaded = on_torch_thread(lambda: load_model(args.model, device=args.device, dtype=args.dtype))
     backend = LocalBackend.from_model(loaded.model, loaded.tokenizer, name=loaded.source.name)
     requests = [
         Request.of(q, max_tokens=args.max_tokens, temperature=0) for q in PROMPTS[: args.prompts]

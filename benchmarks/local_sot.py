@@ -44,6 +44,8 @@ async def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     ap.add_argument("--model", default="smollm2")
+    ap.add_argument("--device", default="cpu", help="cpu, cuda, auto")
+    ap.add_argument("--dtype", default=None, help="float32 (default), bfloat16, float16")
     ap.add_argument("--questions", type=int, default=3)
     ap.add_argument("--data", type=Path, default=DEFAULT_QUESTIONS)
     ap.add_argument("--direct-max-tokens", type=int, default=256)
@@ -54,7 +56,9 @@ async def main() -> None:
     args = ap.parse_args()
     if args.threads:
         on_torch_thread(torch.set_num_threads, args.threads)
-    backend = LocalBackend(args.model, device="cpu", decoding=args.decoding, max_batch_size=16)
+    backend = LocalBackend(
+        args.model, device=args.device, dtype=args.dtype, decoding=args.decoding, max_batch_size=16
+    )
     sot = sotflow.SkeletonOfThought(point_max_tokens=args.point_max_tokens, skeleton_max_tokens=96)
     direct = sotflow.Direct(max_tokens=args.direct_max_tokens)
     rows = []
