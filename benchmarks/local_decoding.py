@@ -21,6 +21,7 @@ import torch
 from sotflow.backends.local import LocalBackend
 from sotflow.decoding.batched import DECODE_MODES
 from sotflow.decoding.model_loading import load_model
+from sotflow.decoding.testing import reference_greedy
 from sotflow.decoding.threads import on_torch_thread
 from sotflow.types import Request
 
@@ -57,23 +58,7 @@ def parse_args() -> argparse.Namespace:
 def hf_generate(
     model: Any, tokenizer: Any, prompt: list[int], max_tokens: int, eos: frozenset[int]
 ) -> tuple[str, int]:
-    device = model.device
-    with torch.inference_mode():
-        out = model.generate(
-            torch.tensor([prompt], device=device),
-            attention_mask=torch.ones(1, len(prompt), dtype=torch.long, device=device),
-            max_new_tokens=max_tokens,
-            do_sample=False,
-        )
-    tokens = out[0, len(prompt) :].tolist()
-    for i, t in enumerate(tokens):
-        if t in eos:
-            tokens = tokens[:i]
-            break
-    anchor = prompt[-4:]
-    anchor_text = tokenizer.decode(anchor, skip_special_tokens=True)
-    text = tokenizer.decode(anchor + tokens, skip_special_tokens=True)[len(anchor_text) :]
-    return text, len(tokens)
+    return reference_greedy(model, tokenizer, prompt, max_tokens, eos)
 
 
 async def main() -> None:
@@ -92,7 +77,7 @@ async def main() -> None:
     eos = backend._eos
     methods = ["hf_generate", *modes]
     # Warm-up: first calls pay for allocations and kernel selection.
-    on_torch_thread(hf_generate, loaded.model, loaded.tokenizer, prompts[0], 8, eos)
+    hf_generate(loaded.model, loaded.tokenizer, prompts[0], 8, eos)
     for mode in modes:
         backend.set_decoding(mode)
         await backend.complete(Request.of(PROMPTS[0], max_tokens=8, temperature=0))
@@ -109,8 +94,8 @@ async def main() -> None:
             for method in methods[shift:] + methods[:shift]:
                 start = time.perf_counter()
                 if method == "hf_generate":
-                    text, n = on_torch_thread(
-                        hf_generate, loaded.model, loaded.tokenizer, prompt, args.max_tokens, eos
+                    text, n = hf_generate(
+                        loaded.model, loaded.tokenizer, prompt, args.max_tokens, eos
                     )
                     reference.setdefault(p, text)
                 else:

@@ -8,9 +8,12 @@ the prompt.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import Any
 
 import torch
+
+from .threads import on_torch_thread
 
 __all__ = ["CHATML_TEMPLATE", "byte_tokenizer", "tiny_llama"]
 
@@ -90,3 +93,40 @@ def byte_tokenizer() -> Any:
     )
     tokenizer.chat_template = CHATML_TEMPLATE
     return tokenizer
+
+
+def reference_greedy(
+    model: Any,
+    tokenizer: Any,
+    prompt: list[int],
+    max_tokens: int,
+    eos: Collection[int],
+) -> tuple[str, int]:
+    """Hugging Face ``generate`` greedy from ``prompt``: the text and token count that
+    every decoding mode must reproduce exactly.
+
+    The text is decoded with the prompt's last tokens in front and then cut, so a
+    tokenizer that merges across the boundary (a leading space) decodes as it does in
+    the backend. Runs on the torch thread, like the backend it is compared with.
+    """
+
+    def run() -> list[int]:
+        device = model.device
+        with torch.inference_mode():
+            out = model.generate(
+                torch.tensor([prompt], device=device),
+                attention_mask=torch.ones(1, len(prompt), dtype=torch.long, device=device),
+                max_new_tokens=max_tokens,
+                do_sample=False,
+            )
+        return out[0, len(prompt) :].tolist()  # type: ignore[no-any-return]
+
+    tokens = on_torch_thread(run)
+    for i, token in enumerate(tokens):
+        if token in eos:
+            tokens = tokens[:i]
+            break
+    anchor = prompt[-4:]
+    anchor_text = tokenizer.decode(anchor, skip_special_tokens=True)
+    text = tokenizer.decode(anchor + tokens, skip_special_tokens=True)[len(anchor_text) :]
+    return text, len(tokens)

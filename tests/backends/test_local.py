@@ -12,7 +12,7 @@ import torch
 
 from sotflow.backends.local import LocalBackend, LocalModelError
 from sotflow.decoding import model_loading
-from sotflow.decoding.testing import byte_tokenizer, tiny_llama
+from sotflow.decoding.testing import byte_tokenizer, reference_greedy, tiny_llama
 from sotflow.errors import BackendError, BadRequestError, ConfigurationError
 from sotflow.types import Completion, Delta, Message, Request
 
@@ -45,18 +45,10 @@ def backend(parts: tuple[object, object]) -> LocalBackend:
 
 def hf_text(backend: LocalBackend, request: Request) -> tuple[str, int]:
     prompt = backend.encode(request)
-    with torch.inference_mode():
-        out = backend.hf_model.generate(
-            torch.tensor([prompt]),
-            attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
-            max_new_tokens=request.params.max_tokens,
-            do_sample=False,
-        )
-    tokens = out[0, len(prompt) :].tolist()
-    eos = backend.tokenizer.eos_token_id
-    if eos in tokens:
-        tokens = tokens[: tokens.index(eos)]
-    return backend.tokenizer.decode(tokens, skip_special_tokens=True), len(tokens)
+    eos = {backend.tokenizer.eos_token_id}
+    return reference_greedy(
+        backend.hf_model, backend.tokenizer, prompt, request.params.max_tokens, eos
+    )
 
 
 QUESTIONS = ["What is a cat?", "Name two rivers.", "Why is the sky blue?", "Count to five."]

@@ -11,10 +11,10 @@ import time
 
 import anyio
 import pytest
-import torch
 
 from sotflow.backends.local import LocalBackend
 from sotflow.decoding.model_loading import load_model
+from sotflow.decoding.testing import reference_greedy
 from sotflow.types import Request
 
 pytestmark = pytest.mark.slow
@@ -31,21 +31,11 @@ def smollm2() -> LocalBackend:
 
 
 def generate_text(backend: LocalBackend, request: Request) -> str:
+    eos = {backend.tokenizer.eos_token_id}
     prompt = backend.encode(request)
-    with torch.inference_mode():
-        out = backend.hf_model.generate(
-            torch.tensor([prompt]),
-            attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
-            max_new_tokens=request.params.max_tokens,
-            do_sample=False,
-        )
-    tokens = out[0, len(prompt) :].tolist()
-    eos = backend.tokenizer.eos_token_id
-    if eos in tokens:
-        tokens = tokens[: tokens.index(eos)]
-    anchor = prompt[-4:]
-    anchor_text = backend.tokenizer.decode(anchor, skip_special_tokens=True)
-    return backend.tokenizer.decode(anchor + tokens, skip_special_tokens=True)[len(anchor_text) :]
+    return reference_greedy(
+        backend.hf_model, backend.tokenizer, prompt, request.params.max_tokens, eos
+    )[0]
 
 
 def test_cached_load_is_fast(smollm2: LocalBackend) -> None:

@@ -17,7 +17,8 @@ def test_batch_benchmark_small_run(tmp_path: Path) -> None:
     results = tmp_path / "results.json"
     done = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "batch_1000.py"), "--n", "40",
-         "--concurrency", "16", "--max-calls", "24", "--ttft", "0.01", "--tps", "2000", "--unloaded-n", "4",
+         "--concurrency", "16", "--max-calls", "24", "--ttft", "0.01", "--tps", "2000",
+         "--unloaded-n", "4",
          "--fault-rate", "0.1", "--keep", str(tmp_path / "files"), "--json", str(results)],
         cwd=ROOT, env=clean_env(), capture_output=True, text=True, timeout=120,
     )  # fmt: skip
