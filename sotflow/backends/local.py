@@ -215,7 +215,6 @@ class LocalBackend(BaseBackend):
         self._jobs: dict[int, tuple[_Job, int]] = {}
         self._step_lock = threading.Lock()
         self._state: _LoopState | None = None
-        self._closed = False
         self.requests = 0
 
     @staticmethod
@@ -287,8 +286,6 @@ class LocalBackend(BaseBackend):
     def _start(self, request: Request) -> _Job:
         from ..decoding.batched import SequenceRequest
 
-        if self._closed:
-            raise BackendError("the local backend is closed")
         prompt = self.encode(request)
         p = request.params
         limit = self._model.max_positions
@@ -489,6 +486,8 @@ class LocalBackend(BaseBackend):
         self.requests = 0
 
     async def aclose(self) -> None:
-        self._closed = True
+        """Cancel whatever is still decoding. The model stays loaded and usable: an
+        engine closes its backends on exit, and a model in memory has nothing to
+        reopen, so the next engine on this backend simply goes on using it."""
         for job, _ in list(self._jobs.values()):
             self._cancel(job)

@@ -57,3 +57,19 @@ async def test_the_local_backend_builds_and_steps_on_the_torch_thread() -> None:
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
+
+
+@pytest.mark.anyio
+async def test_a_local_backend_serves_one_engine_after_another() -> None:
+    import sotflow
+
+    tokenizer = byte_tokenizer()
+    backend = LocalBackend.from_model(
+        tiny_llama(seed=4, eos_token_id=tokenizer.eos_token_id), tokenizer
+    )
+    texts = []
+    for _ in range(2):
+        async with sotflow.Engine(backend) as engine:  # leaving it closes the backend
+            answer = await engine.run(sotflow.Direct(max_tokens=6, temperature=0), "abc")
+            texts.append(answer.text)
+    assert texts[0] == texts[1] != ""
