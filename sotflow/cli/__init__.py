@@ -158,7 +158,8 @@ def cmd_batch(args: argparse.Namespace) -> int:
     finally:
         writer.close()
     if not args.quiet:
-        print(stats.summary(backend.model, prices), file=sys.stderr)
+        local = backend.name == "local"
+        print(stats.summary(backend.model, prices, local=local), file=sys.stderr)
     if outcome.fatal or outcome.interrupted:
         if outcome.fatal:
             print(f"sotflow: stopped early: {outcome.fatal}", file=sys.stderr)

@@ -86,7 +86,9 @@ class BatchStats:
     def tokens(self) -> int:
         return self.prompt_tokens + self.completion_tokens
 
-    def summary(self, model: str, prices: dict[str, tuple[float, float]]) -> str:
+    def summary(
+        self, model: str, prices: dict[str, tuple[float, float]], *, local: bool = False
+    ) -> str:
         elapsed = time.monotonic() - self.started
         done = self.ok + self.failed
         lines = [
@@ -112,6 +114,8 @@ class BatchStats:
                 f"cost: ${cost:,.4f} ({model} at ${price[0]:g} / ${price[1]:g} per million "
                 "prompt / completion tokens)"
             )
+        elif local:
+            lines.append("cost: no API charge (a model on this machine)")
         elif done:
             lines.append(f"cost: unknown for {model!r} (add it with --prices FILE)")
         return "\n".join(lines)

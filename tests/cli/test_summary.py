@@ -152,3 +152,19 @@ def test_progress_bar_only_on_a_terminal(
     assert piped.code == 0
     assert "answering" not in piped.stderr and "\x1b[" not in piped.stderr
     assert "6 answered, 0 failed" in piped.stderr
+
+
+def test_a_local_model_costs_nothing_and_an_unknown_api_model_says_how_to_price_it() -> None:
+    from sotflow.cli.report import BatchStats
+
+    stats = BatchStats(total=1)
+    stats.add({"error": None, "latency_s": 1.0, "strategy": "sot",
+               "usage": {"prompt_tokens": 10, "completion_tokens": 20}})  # fmt: skip
+    assert stats.summary("smollm2", {}, local=True).endswith(
+        "no API charge (a model on this machine)"
+    )
+    assert "--prices FILE" in stats.summary("my-model", {})
+    # 10 prompt tokens at $1,000 and 20 completion tokens at $2,000 per million: $0.05.
+    assert "cost: $0.0500 (m at $1000 / $2000" in stats.summary("m", {"m": (1000.0, 2000.0)})
+        "m", {"m": (1.0, 1.0)}
+    )
