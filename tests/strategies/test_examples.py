@@ -1,4 +1,5 @@
-"""The strategy examples run offline (scripted stand-in) and print what they promise."""
+"""Every example runs offline (a scripted stand-in or the loopback server) and prints
+what it promises."""
 
 from __future__ import annotations
 
@@ -21,6 +22,8 @@ EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
         ("tree_search.py", "answer: 2 * (3 + 4) = 14"),
         ("chain.py", "step 2 (refine)"),
         ("rejection.py", "accepted sample 3 of 4"),
+        pytest.param("quickstart.py", "'What is 17 * 23?' -> direct", marks=pytest.mark.slow),
+        pytest.param("langchain_pipeline.py", "2 answers in a batch", marks=pytest.mark.slow),
     ],
 )
 def test_example_runs_offline(name: str, expected: str) -> None:
