@@ -133,7 +133,8 @@ async def test_astream_starts_before_the_slowest_point_is_done() -> None:
         if first_point_done is None and "point 1 text." in text:
             first_point_done = at
     assert first_point_done is not None
-    assert first_point_done < 0.4 < arrivals[-1][0]
+    # Measured against the last arrival, not the clock: a stalled machine shifts both.
+    assert first_point_done + 0.3 < arrivals[-1][0]
 
 
 @pytest.mark.anyio
