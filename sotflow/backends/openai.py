@@ -69,6 +69,19 @@ def _should_retry(headers: Mapping[str, str]) -> bool | None:
     return True if value == "true" else False if value == "false" else None
 
 
+def _checked_base_url(url: str, source: str) -> str:
+    # Without a scheme the HTTP layer only fails at the first call, after every retry,
+    # with a message that does not say the URL itself is the problem.
+    url = url.strip()
+    scheme, _, rest = url.partition("://")
+    if scheme.lower() not in ("http", "https") or not rest.strip("/"):
+        raise ConfigurationError(
+            f"{source} {url!r} is not an http(s) URL; give the full address of the API, "
+            "e.g. http://localhost:8000/v1 or https://api.openai.com/v1"
+        )
+    return url.rstrip("/")
+
+
 class OpenAIBackend(BaseBackend):
     """An OpenAI-compatible chat-completions endpoint.
 
@@ -115,8 +128,9 @@ class OpenAIBackend(BaseBackend):
             self._secret = getattr(client, "api_key", None) or None
             self._transport: Transport | None = None
             return
-        self.base_url = (base_url or os.environ.get("OPENAI_BASE_URL") or OPENAI_BASE_URL).rstrip(
-            "/"
+        self.base_url = _checked_base_url(
+            base_url or os.environ.get("OPENAI_BASE_URL") or OPENAI_BASE_URL,
+            "base_url" if base_url else "OPENAI_BASE_URL",
         )
         api_key = api_key if api_key is not None else os.environ.get("OPENAI_API_KEY")
         if not api_key and self.base_url == OPENAI_BASE_URL:

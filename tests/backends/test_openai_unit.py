@@ -149,6 +149,19 @@ def test_no_api_key_for_openai_is_a_clear_error(monkeypatch: pytest.MonkeyPatch)
     assert SECRET not in repr(OpenAIBackend())
 
 
+@pytest.mark.parametrize("url", ["localhost:8000/v1", "127.0.0.1:8000", "ftp://host/v1", "http://"])
+def test_a_base_url_without_http_is_refused_at_once(
+    monkeypatch: pytest.MonkeyPatch, url: str
+) -> None:
+    with pytest.raises(ConfigurationError, match=r"base_url .* is not an http\(s\) URL"):
+        OpenAIBackend(base_url=url, api_key=SECRET)
+    monkeypatch.setenv("OPENAI_BASE_URL", url)
+    with pytest.raises(ConfigurationError, match=r"OPENAI_BASE_URL .* e\.g\. http://localhost"):
+        OpenAIBackend(api_key=SECRET)
+    monkeypatch.setenv("OPENAI_BASE_URL", " HTTPS://host:8000/v1/ ")
+    assert OpenAIBackend(api_key=SECRET).base_url == "HTTPS://host:8000/v1"
+
+
 def test_conflicting_or_unknown_transports_are_refused() -> None:
     sdk = openai.AsyncOpenAI(base_url=BASE, api_key=SECRET)
     with pytest.raises(ConfigurationError, match="not both"):

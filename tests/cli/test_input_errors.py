@@ -116,6 +116,7 @@ def test_usage_errors_exit_2(cli: Runner, loopback: LoopbackServer, tmp_path: Pa
         ["--concurrency", "0"],
         ["--timeout", "-1"],
         ["--unknown-flag"],
+        ["--base-url", "localhost:8000/v1"],  # no scheme: refused before any retry
     ):
         result = cli("batch", str(source), "-o", str(out), *bad)
         assert result.code == 2, (bad, result.stderr)
