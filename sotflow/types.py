@@ -14,6 +14,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
+from .errors import ConfigurationError
+
 __all__ = [
     "Answer",
     "Choice",
@@ -71,13 +73,13 @@ class SamplingParams:
 
     def __post_init__(self) -> None:
         if self.n < 1:
-            raise ValueError(f"n must be at least 1, got {self.n}")
+            raise ConfigurationError(f"n must be at least 1, got {self.n}")
         if self.max_tokens is not None and self.max_tokens < 1:
-            raise ValueError(f"max_tokens must be at least 1, got {self.max_tokens}")
+            raise ConfigurationError(f"max_tokens must be at least 1, got {self.max_tokens}")
         if self.temperature is not None and self.temperature < 0:
-            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+            raise ConfigurationError(f"temperature must be >= 0, got {self.temperature}")
         if self.top_p is not None and not 0 < self.top_p <= 1:
-            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+            raise ConfigurationError(f"top_p must be in (0, 1], got {self.top_p}")
         if isinstance(self.stop, str):
             object.__setattr__(self, "stop", (self.stop,))
 
@@ -102,7 +104,7 @@ class Request:
         if not isinstance(self.messages, tuple):
             object.__setattr__(self, "messages", tuple(self.messages))
         if not self.messages:
-            raise ValueError("a Request needs at least one message")
+            raise ConfigurationError("a Request needs at least one message")
 
     @classmethod
     def of(

@@ -29,7 +29,7 @@ def test_public_api_is_sorted_and_importable() -> None:
 
 def test_sampling_params_validate() -> None:
     for bad in ({"n": 0}, {"max_tokens": 0}, {"temperature": -0.1}, {"top_p": 0}, {"top_p": 1.5}):
-        with pytest.raises(ValueError):
+        with pytest.raises(ConfigurationError):
             SamplingParams(**bad)  # type: ignore[arg-type]
     assert SamplingParams(stop="END").stop == ("END",)  # type: ignore[arg-type]
     assert SamplingParams().replace(n=3).n == 3
@@ -39,7 +39,7 @@ def test_request_shorthand_and_validation() -> None:
     request = Request.of("q", system="s", prefill="1.", max_tokens=5)
     assert request.messages == (Message.system("s"), Message.user("q"))
     assert request.prefill == "1." and request.params.max_tokens == 5
-    with pytest.raises(ValueError, match="at least one message"):
+    with pytest.raises(ConfigurationError, match="at least one message"):
         Request(())
     listed = Request([Message.user("a")])  # type: ignore[arg-type]
     assert isinstance(listed.messages, tuple)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from ..errors import GraphError
+from ..errors import ConfigurationError, GraphError
 from ..graph import Expand, Graph, Node, NodeContext, Outcome, Result, Step
 from ..types import Message, SamplingParams
 from .base import BuildContext
@@ -55,7 +55,7 @@ class BestOfN:
         **params: Any,
     ) -> None:
         if not isinstance(n, int) or n < 1:
-            raise ValueError(f"n must be a positive integer, got {n!r}")
+            raise ConfigurationError(f"n must be a positive integer, got {n!r}")
         self.n = n
         self.scorer = resolve_scorer(scorer, what="scorer")
         self.threshold = threshold

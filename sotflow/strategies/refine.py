@@ -22,6 +22,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from ..errors import ConfigurationError
 from ..graph import Call, Expand, Graph, Node, NodeContext, Result, Step
 from ..prompts import Prompts
 from ..types import Completion, Message, Request, SamplingParams
@@ -77,7 +78,7 @@ class Refine:
         **params: Any,
     ) -> None:
         if not isinstance(max_rounds, int) or max_rounds < 0:
-            raise ValueError(f"max_rounds must be an integer >= 0, got {max_rounds!r}")
+            raise ConfigurationError(f"max_rounds must be an integer >= 0, got {max_rounds!r}")
         if feedback is not None and not callable(feedback):
             raise TypeError(f"feedback must be a function of the text, got {feedback!r}")
         self.max_rounds = max_rounds

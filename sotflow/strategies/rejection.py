@@ -70,7 +70,7 @@ class RejectionSampling:
     ) -> None:
         for name, value in (("max_samples", max_samples), ("batch", batch)):
             if not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+                raise ConfigurationError(f"{name} must be a positive integer, got {value!r}")
         if isinstance(verifier, Judge) or verifier == "judge":
             self.judge: Judge | None = resolve_scorer(verifier, what="verifier")  # type: ignore[assignment]
             assert self.judge is not None

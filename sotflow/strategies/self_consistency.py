@@ -29,7 +29,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from ..errors import GraphError, NoAnswerError
+from ..errors import ConfigurationError, GraphError, NoAnswerError
 from ..graph import Expand, Graph, Node, NodeContext, Outcome, Result, Step
 from ..prompts import Prompts
 from ..types import Message, SamplingParams
@@ -105,9 +105,9 @@ class SelfConsistency:
         **params: Any,
     ) -> None:
         if not isinstance(n, int) or n < 1:
-            raise ValueError(f"n must be a positive integer, got {n!r}")
+            raise ConfigurationError(f"n must be a positive integer, got {n!r}")
         if max_weight is not None and max_weight <= 0:
-            raise ValueError(f"max_weight must be positive, got {max_weight!r}")
+            raise ConfigurationError(f"max_weight must be positive, got {max_weight!r}")
         self.n = n
         self.extract = make_extractor(extract)
         self.extract_spec = extract

@@ -17,6 +17,7 @@ import os
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from ..errors import ConfigurationError
 from ..graph import Call, Expand, Graph, NodeContext, Part, Result, Step
 from ..prompts import Prompts
 from ..types import Completion, Message, Point, Request, SamplingParams
@@ -47,9 +48,11 @@ class SkeletonOfThought:
         prompt_dir: str | os.PathLike[str] | None = None,
     ) -> None:
         if not 2 <= max_points <= 50:
-            raise ValueError(f"max_points must be between 2 and 50, got {max_points}")
+            raise ConfigurationError(f"max_points must be between 2 and 50, got {max_points}")
         if not 1 <= min_points <= max_points:
-            raise ValueError(f"min_points must be between 1 and max_points, got {min_points}")
+            raise ConfigurationError(
+                f"min_points must be between 1 and max_points, got {min_points}"
+            )
         self.name = "sot-dag" if dependencies else "sot"
         self.max_points = max_points
         self.min_points = min_points

@@ -27,7 +27,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
-from ..errors import GraphError
+from ..errors import ConfigurationError, GraphError
 from ..graph import Expand, Graph, Node, NodeContext, Outcome, Result, Step
 from ..prompts import Prompts
 from ..types import Message, Request, SamplingParams
@@ -110,7 +110,7 @@ class TreeSearch:
     ) -> None:
         for name, value in (("breadth", breadth), ("depth", depth), ("proposals", proposals)):
             if not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+                raise ConfigurationError(f"{name} must be a positive integer, got {value!r}")
         self.breadth = breadth
         self.depth = depth
         self.proposals = proposals

@@ -117,6 +117,7 @@ def test_usage_errors_exit_2(cli: Runner, loopback: LoopbackServer, tmp_path: Pa
         ["--timeout", "-1"],
         ["--unknown-flag"],
         ["--base-url", "localhost:8000/v1"],  # no scheme: refused before any retry
+        ["--temperature", "-1"],
     ):
         result = cli("batch", str(source), "-o", str(out), *bad)
         assert result.code == 2, (bad, result.stderr)

@@ -189,7 +189,7 @@ async def test_events_show_every_sample_and_the_answer_arrives_whole() -> None:
 
 
 def test_bad_settings_are_refused() -> None:
-    with pytest.raises(ValueError, match="n must be"):
+    with pytest.raises(sotflow.ConfigurationError, match="n must be"):
         BestOfN(0, len)
     with pytest.raises(sotflow.ConfigurationError, match="scorer must be"):
         BestOfN(3, "best")  # type: ignore[arg-type]

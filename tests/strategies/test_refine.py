@@ -146,7 +146,7 @@ def test_reading_the_critics_verdict(critique: str, done: bool) -> None:
 
 
 def test_bad_settings_are_refused() -> None:
-    with pytest.raises(ValueError, match="max_rounds"):
+    with pytest.raises(sotflow.ConfigurationError, match="max_rounds"):
         Refine(-1)
     with pytest.raises(TypeError, match="feedback"):
         Refine(2, feedback="be nicer")  # type: ignore[arg-type]

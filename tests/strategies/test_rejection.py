@@ -141,9 +141,9 @@ async def test_a_token_budget_stops_the_sampling() -> None:
 
 
 def test_bad_settings_are_refused() -> None:
-    with pytest.raises(ValueError, match="max_samples"):
+    with pytest.raises(sotflow.ConfigurationError, match="max_samples"):
         RejectionSampling(bool, 0)
-    with pytest.raises(ValueError, match="batch"):
+    with pytest.raises(sotflow.ConfigurationError, match="batch"):
         RejectionSampling(bool, 3, batch=0)
     with pytest.raises(sotflow.ConfigurationError, match="verifier must be"):
         RejectionSampling("strict", 3)  # type: ignore[arg-type]

@@ -278,9 +278,9 @@ async def test_routed_sends_math_to_self_consistency() -> None:
 
 
 def test_bad_settings_are_refused() -> None:
-    with pytest.raises(ValueError, match="n must be"):
+    with pytest.raises(sotflow.ConfigurationError, match="n must be"):
         SelfConsistency(0)
-    with pytest.raises(ValueError, match="max_weight"):
+    with pytest.raises(sotflow.ConfigurationError, match="max_weight"):
         SelfConsistency(3, weights=len, max_weight=0)
     with pytest.raises(sotflow.ConfigurationError, match="unknown extractor"):
         SelfConsistency(3, extract="final")

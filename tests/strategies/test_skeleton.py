@@ -240,9 +240,9 @@ async def test_points_share_the_backend_cap() -> None:
 
 
 def test_bad_settings_are_refused() -> None:
-    with pytest.raises(ValueError, match="max_points"):
+    with pytest.raises(sotflow.ConfigurationError, match="max_points"):
         sotflow.SkeletonOfThought(max_points=1)
-    with pytest.raises(ValueError, match="min_points"):
+    with pytest.raises(sotflow.ConfigurationError, match="min_points"):
         sotflow.SkeletonOfThought(min_points=12, max_points=10)
 
 

@@ -199,5 +199,5 @@ def test_logprob_scoring_needs_logprobs_and_judges_can_be_swapped() -> None:
         TreeSearch(scorer="logprob").build("Q?", context)
     custom = Judge(template="judge")
     assert TreeSearch(scorer=custom).scorer is custom
-    with pytest.raises(ValueError, match="breadth"):
+    with pytest.raises(sotflow.ConfigurationError, match="breadth"):
         TreeSearch(0, 2)
