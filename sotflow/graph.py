@@ -25,11 +25,11 @@ from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
+from .backends.base import Backend
 from .errors import GraphError
 from .types import Completion, Decision, NodeTrace, Point, Request
 
 if TYPE_CHECKING:
-    from .backends.base import Backend
     from .strategies.base import Strategy
 
 __all__ = [
@@ -208,6 +208,14 @@ def check_nodes(nodes: Sequence[Node], known: Sequence[str] | set[str]) -> None:
             raise GraphError(f"bad node id {node.id!r}: ids are non-empty and contain no '/'")
         if node.id in batch or node.id in known_ids:
             raise GraphError(f"duplicate node id {node.id!r}")
+        if isinstance(node, Call) and not (
+            node.backend is None or isinstance(node.backend, Backend)
+        ):
+            # Caught here, the run fails with this error; later, the engine would try to
+            # use (and close) it as a backend.
+            raise GraphError(
+                f"call {node.id!r} has backend={node.backend!r}, which is not a backend"
+            )
         batch[node.id] = node
     inside = False
     for node in nodes:

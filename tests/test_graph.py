@@ -77,6 +77,8 @@ def test_duplicate_ids_unknown_needs_cycles_and_bad_ids_are_graph_errors() -> No
         Graph(["a"], output="a")  # type: ignore[list-item]
     with pytest.raises(GraphError, match="at least one node"):
         Graph([], output="a")
+    with pytest.raises(GraphError, match="call 'a' has backend='gpt-4o-mini', which is not"):
+        Graph([Call("a", Request.of("q"), backend="gpt-4o-mini")], output="a")  # type: ignore[arg-type]
 
 
 def test_a_long_chain_is_not_a_cycle() -> None:
@@ -305,6 +307,19 @@ async def test_a_bad_expansion_fails_with_graph_error() -> None:
         answer = await run(ScriptedBackend([]), build)
     assert answer.error is not None and answer.error.type == "GraphError"
     assert "duplicate" in answer.error.message
+
+
+@pytest.mark.anyio
+async def test_an_expansion_with_a_call_on_something_not_a_backend_fails_the_run_only() -> None:
+    def build(question: str) -> Graph:
+        bad = Call("late", Request.of("q"), backend="gpt-4o-mini")  # type: ignore[arg-type]
+        return Graph([Step("grow", lambda c: Expand(add=[bad]))], output="late")
+
+    backend = ScriptedBackend(["unused"])
+    answer = await run(backend, build)  # leaving the engine must not trip over it either
+    assert answer.error is not None and answer.error.type == "GraphError"
+    assert "'late' has backend='gpt-4o-mini'" in answer.error.message
+    assert backend.calls == 0
 
 
 @pytest.mark.anyio

@@ -11,10 +11,18 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
+from ..errors import ConfigurationError
 from ..limits import Limiter
 from ..types import Completion, Delta, Request
 
-__all__ = ["Backend", "BaseBackend", "Capabilities", "StreamItem", "estimate_tokens"]
+__all__ = [
+    "Backend",
+    "BaseBackend",
+    "Capabilities",
+    "StreamItem",
+    "check_backend",
+    "estimate_tokens",
+]
 
 StreamItem = Delta | Completion
 """A stream yields ``Delta`` pieces and ends with exactly one ``Completion``."""
@@ -48,6 +56,23 @@ class Backend(Protocol):
     def stream(self, request: Request) -> AsyncIterator[StreamItem]: ...
 
     async def aclose(self) -> None: ...
+
+
+def check_backend(value: object, what: str, *, optional: bool = True) -> None:
+    """Refuse anything but a backend where one is expected, naming the setting.
+
+    Checked when a strategy is made: a wrong value would otherwise surface only when
+    the run reaches the call, after other calls were paid for.
+    """
+    if (value is None and optional) or isinstance(value, Backend):
+        return
+    hint = ""
+    if isinstance(value, str):
+        hint = "; a model name goes to the backend, e.g. OpenAIBackend(model=...)"
+    raise ConfigurationError(
+        f"{what} must be a backend (OpenAIBackend(...), LocalBackend(...), "
+        f"ScriptedBackend(...)){' or None' if optional else ''}, got {value!r}{hint}"
+    )
 
 
 def estimate_tokens(request: Request, *, chars_per_token: float = 4.0) -> int:

@@ -13,7 +13,7 @@ import os
 import re
 from collections.abc import Mapping
 
-from ..backends.base import Backend
+from ..backends.base import Backend, check_backend
 from ..errors import ConfigurationError
 from ..graph import Call, Graph, NodeContext
 from ..prompts import Prompts
@@ -40,6 +40,7 @@ class LLMRouter:
         labels: Mapping[str, str] | None = None,
         max_retries: int = 2,
     ) -> None:
+        check_backend(backend, "LLMRouter's backend", optional=False)
         self.backend = backend
         self.prompts = prompts if isinstance(prompts, Prompts) else Prompts(prompts, prompt_dir)
         self.labels = dict(labels or _LABELS)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from ..backends.base import check_backend
 from ..errors import ConfigurationError, GraphError
 from ..graph import Expand, Graph, Node, NodeContext, Outcome, Result, Step
 from ..types import Message, SamplingParams
@@ -61,6 +62,7 @@ class BestOfN:
         self.threshold = threshold
         self.system = system
         self.seed = seed
+        check_backend(backend, "backend")
         self.backend = backend
         self.params = SamplingParams(max_tokens=max_tokens, temperature=temperature, **params)
         if needs_logprobs(self.scorer):

@@ -26,6 +26,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from ..backends.base import check_backend
 from ..errors import ConfigurationError
 from ..graph import Call, Embed, Graph, Node, NodeContext, Part, Result, Step
 from ..prompts import Prompts
@@ -72,6 +73,7 @@ class Chain:
         self.prompts = prompts if isinstance(prompts, Prompts) else Prompts(prompts, prompt_dir)
         self.links = tuple(self._link(i, step) for i, step in enumerate(steps, start=1))
         self.system = system
+        check_backend(backend, "backend")
         self.backend = backend
         self.params = SamplingParams(max_tokens=max_tokens, temperature=temperature, **params)
 

@@ -22,6 +22,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from ..backends.base import check_backend
 from ..errors import ConfigurationError
 from ..graph import Call, Expand, Graph, Node, NodeContext, Result, Step
 from ..prompts import Prompts
@@ -83,6 +84,7 @@ class Refine:
             raise TypeError(f"feedback must be a function of the text, got {feedback!r}")
         self.max_rounds = max_rounds
         self.feedback = feedback
+        check_backend(critic_backend, "critic_backend")
         self.critic_backend = critic_backend
         self.system = system
         self.prompts = prompts if isinstance(prompts, Prompts) else Prompts(prompts, prompt_dir)

@@ -22,6 +22,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from ..backends.base import check_backend
 from ..errors import BudgetExceededError, ConfigurationError, NoAnswerError
 from ..graph import Expand, Graph, Node, NodeContext, Outcome, Result, Step
 from ..types import Message, SamplingParams
@@ -87,6 +88,7 @@ class RejectionSampling:
         self.batch = min(batch, max_samples)
         self.system = system
         self.seed = seed
+        check_backend(backend, "backend")
         self.backend = backend
         self.params = SamplingParams(max_tokens=max_tokens, temperature=temperature, **params)
 

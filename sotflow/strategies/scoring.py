@@ -24,6 +24,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
+from ..backends.base import check_backend
 from ..errors import ConfigurationError
 from ..graph import Call, NodeContext, Outcome, Step
 from ..prompts import Prompts
@@ -179,6 +180,7 @@ class Judge:
     ) -> None:
         if scale < 1:
             raise ConfigurationError(f"a judge's scale must be at least 1, got {scale}")
+        check_backend(backend, "a Judge's backend")
         self.backend = backend
         self.scale = scale
         self.template = template

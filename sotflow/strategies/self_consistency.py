@@ -29,6 +29,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from ..backends.base import check_backend
 from ..errors import ConfigurationError, GraphError, NoAnswerError
 from ..graph import Expand, Graph, Node, NodeContext, Outcome, Result, Step
 from ..prompts import Prompts
@@ -114,6 +115,7 @@ class SelfConsistency:
         self.early_stop = early_stop
         self.system = system
         self.seed = seed
+        check_backend(backend, "backend")
         self.backend = backend
         self.prompts = prompts if isinstance(prompts, Prompts) else Prompts(prompts, prompt_dir)
         self.logprob_weights = weights == "logprob"

@@ -17,6 +17,7 @@ import os
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from ..backends.base import check_backend
 from ..errors import ConfigurationError
 from ..graph import Call, Expand, Graph, NodeContext, Part, Result, Step
 from ..prompts import Prompts
@@ -57,6 +58,7 @@ class SkeletonOfThought:
         self.max_points = max_points
         self.min_points = min_points
         self.dependencies = dependencies
+        check_backend(expand_backend, "expand_backend")
         self.expand_backend = expand_backend
         self.prompts = prompts if isinstance(prompts, Prompts) else Prompts(prompts, prompt_dir)
         self.skeleton_params = SamplingParams(

@@ -27,6 +27,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
+from ..backends.base import check_backend
 from ..errors import ConfigurationError, GraphError
 from ..graph import Expand, Graph, Node, NodeContext, Outcome, Result, Step
 from ..prompts import Prompts
@@ -117,6 +118,7 @@ class TreeSearch:
         self.scorer = resolve_scorer(scorer, what="scorer", judge_template="tree_judge")
         self.terminal = terminal or _has_answer_line
         self.system = system
+        check_backend(backend, "backend")
         self.backend = backend
         self.prompts = prompts if isinstance(prompts, Prompts) else Prompts(prompts, prompt_dir)
         self.params = SamplingParams(max_tokens=max_tokens, temperature=temperature, **params)
