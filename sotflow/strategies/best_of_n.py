@@ -24,6 +24,7 @@ from .base import BuildContext
 from .scoring import (
     Scorer,
     check_logprobs,
+    check_score_setting,
     needs_logprobs,
     resolve_scorer,
     sample_call,
@@ -59,6 +60,7 @@ class BestOfN:
             raise ConfigurationError(f"n must be a positive integer, got {n!r}")
         self.n = n
         self.scorer = resolve_scorer(scorer, what="scorer")
+        check_score_setting(threshold, "threshold")
         self.threshold = threshold
         self.system = system
         self.seed = seed

@@ -30,6 +30,7 @@ from .base import BuildContext
 from .scoring import (
     Judge,
     call_maybe_async,
+    check_score_setting,
     resolve_scorer,
     sample_call,
     sample_request,
@@ -72,6 +73,7 @@ class RejectionSampling:
         for name, value in (("max_samples", max_samples), ("batch", batch)):
             if not isinstance(value, int) or value < 1:
                 raise ConfigurationError(f"{name} must be a positive integer, got {value!r}")
+        check_score_setting(min_score, "min_score")
         if isinstance(verifier, Judge) or verifier == "judge":
             self.judge: Judge | None = resolve_scorer(verifier, what="verifier")  # type: ignore[assignment]
             assert self.judge is not None

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from ..errors import ConfigurationError
 from ..graph import Embed, Expand, Graph, NodeContext, Part, Result, Step
 from ..types import Decision
 from .base import BuildContext, Strategy
@@ -36,6 +37,12 @@ class Routed:
             router = RuleRouter()
         if not callable(getattr(router, "decide", None)):
             raise TypeError(f"router must have an async decide(question) method, got {router!r}")
+        for name, strategy in (strategies or {}).items():
+            if not isinstance(strategy, Strategy):
+                raise ConfigurationError(
+                    f"strategies[{name!r}] must be a strategy (e.g. SelfConsistency(8)), "
+                    f"got {strategy!r}"
+                )
         self.router = router
         self.strategies: dict[str, Strategy] = {
             "sot": SkeletonOfThought(),

@@ -40,6 +40,7 @@ __all__ = [
     "Scorer",
     "call_maybe_async",
     "check_logprobs",
+    "check_score_setting",
     "completion_text",
     "needs_logprobs",
     "parse_score",
@@ -237,6 +238,17 @@ class Judge:
             backend=self.backend,
             meta={"judge": True, **(meta or {})},
         )
+
+
+def check_score_setting(value: object, what: str) -> None:
+    """A score bound (a threshold, a minimum) is a number or None; refused otherwise.
+
+    Checked when the strategy is made: compared with the first score, a string would
+    fail the run only after samples were paid for.
+    """
+    if value is None or (isinstance(value, int | float) and not isinstance(value, bool)):
+        return
+    raise ConfigurationError(f"{what} must be a number (a score) or None, got {value!r}")
 
 
 class _FunctionScorer:

@@ -193,3 +193,5 @@ def test_bad_settings_are_refused() -> None:
         BestOfN(0, len)
     with pytest.raises(sotflow.ConfigurationError, match="scorer must be"):
         BestOfN(3, "best")  # type: ignore[arg-type]
+    with pytest.raises(sotflow.ConfigurationError, match="threshold must be a number"):
+        BestOfN(3, len, threshold="8")  # type: ignore[arg-type]

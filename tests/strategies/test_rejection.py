@@ -147,3 +147,5 @@ def test_bad_settings_are_refused() -> None:
         RejectionSampling(bool, 3, batch=0)
     with pytest.raises(sotflow.ConfigurationError, match="verifier must be"):
         RejectionSampling("strict", 3)  # type: ignore[arg-type]
+    with pytest.raises(sotflow.ConfigurationError, match="min_score must be a number"):
+        RejectionSampling("judge", 3, min_score="high")  # type: ignore[arg-type]

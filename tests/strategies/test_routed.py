@@ -163,3 +163,8 @@ async def test_routed_streams_the_chosen_strategys_answer_in_order() -> None:
 def test_a_router_needs_decide() -> None:
     with pytest.raises(TypeError, match="decide"):
         sotflow.Routed(object())
+
+
+def test_extra_strategies_must_be_strategies() -> None:
+    with pytest.raises(sotflow.ConfigurationError, match=r"strategies\['self-consistency'\]"):
+        sotflow.Routed(strategies={"self-consistency": "SelfConsistency"})  # type: ignore[dict-item]
