@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import string
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from importlib import resources
 from pathlib import Path
 
@@ -34,14 +34,40 @@ class Prompts:
         self,
         overrides: Mapping[str, str] | None = None,
         directory: str | os.PathLike[str] | None = None,
+        *,
+        uses: Collection[str] | None = None,
+        owner: str = "this strategy",
     ) -> None:
         self.overrides = dict(overrides or {})
+        unknown = sorted(set(self.overrides) - set(uses)) if uses is not None else []
+        if unknown:
+            # A misspelt name would otherwise be ignored without a word, and the user
+            # would believe the shipped prompt had been replaced.
+            raise ConfigurationError(
+                f"{owner} has no prompt named {', '.join(map(repr, unknown))}; the prompts it "
+                f"uses are {', '.join(sorted(uses or ()))} (a template's file name without .txt)"
+            )
         env_dir = os.environ.get("SOTFLOW_PROMPTS_DIR")
         self.dirs = [Path(d) for d in (directory, env_dir) if d] + [shipped_prompts_dir()]
         for d in self.dirs[:-1]:
             if not d.is_dir():
                 raise ConfigurationError(f"prompt directory {str(d)!r} does not exist")
         self._cache: dict[str, string.Template] = {}
+
+    @classmethod
+    def of(
+        cls,
+        prompts: Prompts | Mapping[str, str] | None,
+        directory: str | os.PathLike[str] | None = None,
+        *,
+        uses: Collection[str],
+        owner: str,
+    ) -> Prompts:
+        """A strategy's prompts: a ``Prompts`` as given (it may be shared, so its
+        overrides are not checked here), or one made from overrides for ``uses``."""
+        if isinstance(prompts, Prompts):
+            return prompts
+        return cls(prompts, directory, uses=uses, owner=owner)
 
     def text(self, name: str) -> str:
         if name in self.overrides:

@@ -22,6 +22,9 @@ from ..types import Completion, Decision, Message, Request, SamplingParams
 
 __all__ = ["LLMRouter"]
 
+# The templates this uses; an override for any other name is refused as a typo.
+_PROMPTS = ("router.system", "router.user")
+
 _LETTER = re.compile(r"(?<![A-Za-z])([ABC])(?![A-Za-z])")
 _LABELS = {"A": "sot", "B": "sot-dag", "C": "direct"}
 
@@ -42,7 +45,7 @@ class LLMRouter:
     ) -> None:
         check_backend(backend, "LLMRouter's backend", optional=False)
         self.backend = backend
-        self.prompts = prompts if isinstance(prompts, Prompts) else Prompts(prompts, prompt_dir)
+        self.prompts = Prompts.of(prompts, prompt_dir, uses=_PROMPTS, owner="LLMRouter")
         self.labels = dict(labels or _LABELS)
         self.max_retries = max_retries
         logprobs = backend.capabilities.logprobs

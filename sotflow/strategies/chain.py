@@ -39,6 +39,9 @@ if TYPE_CHECKING:
 
 __all__ = ["Chain"]
 
+# The templates this uses; an override for any other name is refused as a typo.
+_PROMPTS = ("chain_next",)
+
 ChainStep = str | Strategy | tuple[Strategy, str]
 
 
@@ -70,7 +73,7 @@ class Chain:
     ) -> None:
         if not steps:
             raise ConfigurationError("a Chain needs at least one step")
-        self.prompts = prompts if isinstance(prompts, Prompts) else Prompts(prompts, prompt_dir)
+        self.prompts = Prompts.of(prompts, prompt_dir, uses=_PROMPTS, owner="Chain")
         self.links = tuple(self._link(i, step) for i, step in enumerate(steps, start=1))
         self.system = system
         check_backend(backend, "backend")

@@ -35,6 +35,9 @@ if TYPE_CHECKING:
 
 __all__ = ["Refine"]
 
+# The templates this uses; an override for any other name is refused as a typo.
+_PROMPTS = ("critique.system", "critique.user", "revise.user")
+
 Feedback = Callable[[str], str | Awaitable[str | None] | None]
 
 _DONE_FIRST = re.compile(r"^\W*done\b", re.IGNORECASE)
@@ -87,7 +90,7 @@ class Refine:
         check_backend(critic_backend, "critic_backend")
         self.critic_backend = critic_backend
         self.system = system
-        self.prompts = prompts if isinstance(prompts, Prompts) else Prompts(prompts, prompt_dir)
+        self.prompts = Prompts.of(prompts, prompt_dir, uses=_PROMPTS, owner="Refine")
         self.params = SamplingParams(max_tokens=max_tokens, temperature=temperature, **params)
         self.critique_params = SamplingParams(max_tokens=critique_max_tokens, temperature=0.0)
 

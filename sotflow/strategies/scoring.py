@@ -186,7 +186,12 @@ class Judge:
         self.scale = scale
         self.template = template
         self.params = SamplingParams(max_tokens=max_tokens, temperature=temperature)
-        self.prompts = prompts if isinstance(prompts, Prompts) else Prompts(prompts, prompt_dir)
+        self.prompts = Prompts.of(
+            prompts,
+            prompt_dir,
+            uses=(f"{template}.system", f"{template}.user"),
+            owner=f"Judge(template={template!r})",
+        )
 
     def __repr__(self) -> str:
         return f"Judge(backend={self.backend!r}, scale={self.scale}, template={self.template!r})"

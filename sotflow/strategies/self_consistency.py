@@ -52,6 +52,9 @@ if TYPE_CHECKING:
 
 __all__ = ["SelfConsistency"]
 
+# The templates this uses; an override for any other name is refused as a typo.
+_PROMPTS = ("self_consistency.user",)
+
 
 @dataclass(frozen=True, slots=True)
 class _Ballot:
@@ -117,7 +120,7 @@ class SelfConsistency:
         self.seed = seed
         check_backend(backend, "backend")
         self.backend = backend
-        self.prompts = prompts if isinstance(prompts, Prompts) else Prompts(prompts, prompt_dir)
+        self.prompts = Prompts.of(prompts, prompt_dir, uses=_PROMPTS, owner="SelfConsistency")
         self.logprob_weights = weights == "logprob"
         self.weigher = None if weights is None else resolve_scorer(weights, what="weights")
         if weights is None or self.logprob_weights:

@@ -30,6 +30,16 @@ if TYPE_CHECKING:
 
 __all__ = ["SkeletonOfThought"]
 
+# The templates this uses; an override for any other name is refused as a typo.
+_PROMPTS = (
+    "skeleton.system",
+    "skeleton.user",
+    "skeleton_dag.user",
+    "point.system",
+    "point.user",
+    "point_written",
+)
+
 
 class SkeletonOfThought:
     """Skeleton-of-Thought (Ning et al., 2023), with an optional dependency-aware mode."""
@@ -60,7 +70,7 @@ class SkeletonOfThought:
         self.dependencies = dependencies
         check_backend(expand_backend, "expand_backend")
         self.expand_backend = expand_backend
-        self.prompts = prompts if isinstance(prompts, Prompts) else Prompts(prompts, prompt_dir)
+        self.prompts = Prompts.of(prompts, prompt_dir, uses=_PROMPTS, owner="SkeletonOfThought")
         self.skeleton_params = SamplingParams(
             max_tokens=skeleton_max_tokens, temperature=temperature
         )

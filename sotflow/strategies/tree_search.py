@@ -48,6 +48,9 @@ if TYPE_CHECKING:
 
 __all__ = ["TreeSearch"]
 
+# The templates this uses; an override for any other name is refused as a typo.
+_PROMPTS = ("tree_propose.system", "tree_propose.user")
+
 
 @dataclass(frozen=True, slots=True)
 class _Path:
@@ -120,7 +123,12 @@ class TreeSearch:
         self.system = system
         check_backend(backend, "backend")
         self.backend = backend
-        self.prompts = prompts if isinstance(prompts, Prompts) else Prompts(prompts, prompt_dir)
+        self.prompts = Prompts.of(
+            prompts,
+            prompt_dir,
+            uses=_PROMPTS,
+            owner="TreeSearch (its judge takes its own: Judge(prompts=...))",
+        )
         self.params = SamplingParams(max_tokens=max_tokens, temperature=temperature, **params)
         if needs_logprobs(self.scorer):
             self.params = self.params.replace(logprobs=True)

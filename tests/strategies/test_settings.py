@@ -1,4 +1,4 @@
-"""Every backend setting of a strategy or router refuses what is not a backend, at once."""
+"""Settings every strategy shares are checked when it is made: backends and prompt names."""
 
 from __future__ import annotations
 
@@ -32,3 +32,34 @@ def test_a_model_name_where_a_backend_belongs_is_refused_with_a_hint(setting: st
 def test_the_llm_router_needs_a_backend() -> None:
     with pytest.raises(sotflow.ConfigurationError, match="LLMRouter's backend must be a backend"):
         sotflow.LLMRouter(None)  # type: ignore[arg-type]
+
+
+PROMPTED: dict[str, tuple[Callable[..., object], str]] = {
+    "SkeletonOfThought": (sotflow.SkeletonOfThought, "point.user"),
+    "Refine": (sotflow.Refine, "critique.user"),
+    "SelfConsistency": (lambda **kw: sotflow.SelfConsistency(3, **kw), "self_consistency.user"),
+    "TreeSearch": (sotflow.TreeSearch, "tree_propose.user"),
+    "Chain": (lambda **kw: sotflow.Chain("Q: $question", "More: $previous", **kw), "chain_next"),
+    "Judge": (sotflow.Judge, "judge.user"),
+    "LLMRouter": (
+        lambda **kw: sotflow.LLMRouter(sotflow.ScriptedBackend(["A"]), **kw),
+        "router.user",
+    ),
+}
+
+
+@pytest.mark.parametrize("owner", sorted(PROMPTED))
+def test_a_misspelt_prompt_override_is_refused_naming_the_real_ones(owner: str) -> None:
+    make, real = PROMPTED[owner]
+    with pytest.raises(sotflow.ConfigurationError, match=f"no prompt named '{real}.txt'") as caught:
+        make(prompts={f"{real}.txt": "custom $question"})
+    assert real in str(caught.value) and owner in str(caught.value)
+    made = make(prompts={real: "custom $question"})
+    assert made.prompts.text(real) == "custom $question"  # type: ignore[attr-defined]
+
+
+def test_a_tree_searchs_judge_prompts_go_to_the_judge() -> None:
+    with pytest.raises(sotflow.ConfigurationError, match=r"Judge\(prompts=\.\.\.\)"):
+        sotflow.TreeSearch(prompts={"tree_judge.user": "Rate $text"})
+    judge = sotflow.Judge(template="tree_judge", prompts={"tree_judge.user": "Rate $text"})
+    assert sotflow.TreeSearch(scorer=judge).scorer is judge
