@@ -4,7 +4,8 @@
         strategy=sotflow.SkeletonOfThought(), backend=sotflow.OpenAIBackend()
     ) | StrOutputParser()
 
-Input: a string, a dict with ``question``, a list of messages, or a prompt value.
+Input: a string, a dict with ``question``, a list of messages (message objects,
+``("human", "...")`` pairs or role/content dicts, as chat models take), or a prompt value.
 Output: the answer text (``output="answer"`` for the whole ``sotflow.Answer``).
 ``stream``/``astream`` yield the answer in reading order; ``astream_events`` (v2) also
 carries one custom event per graph node (``sotflow_node``) and one per retry
@@ -27,7 +28,7 @@ from typing_extensions import TypedDict
 
 try:
     from langchain_core.callbacks.manager import adispatch_custom_event, dispatch_custom_event
-    from langchain_core.messages import AnyMessage, BaseMessage
+    from langchain_core.messages import AnyMessage, BaseMessage, convert_to_messages
     from langchain_core.prompt_values import ChatPromptValue, PromptValue, StringPromptValue
     from langchain_core.runnables import Runnable, RunnableConfig
 except ImportError as exc:  # pragma: no cover - exercised by a subprocess test
@@ -64,10 +65,28 @@ def _text(message: BaseMessage) -> str:
     return "".join(parts)
 
 
+def _messages(items: list[Any]) -> list[BaseMessage]:
+    # What LangChain's chat models take as messages: message objects, ("human", "...")
+    # pairs, {"role": ..., "content": ...} dicts and plain strings.
+    try:
+        return convert_to_messages(items)
+    except (NotImplementedError, ValueError, TypeError) as exc:
+        # LangChain's message ends with a troubleshooting link on a line of its own.
+        reason = next(iter(str(exc).splitlines()), type(exc).__name__)
+        raise ConfigurationError(
+            "a list input must hold messages: message objects, (role, text) pairs or "
+            f"{{'role': ..., 'content': ...}} dicts; {reason}"
+        ) from None
+
+
 def to_question(value: Any) -> str:
     """Turn any accepted input into the question text a strategy answers."""
     if isinstance(value, PromptValue):
         value = value.to_messages()
+    elif isinstance(value, BaseMessage):
+        value = [value]
+    elif isinstance(value, list) and value:
+        value = _messages(value)
     if isinstance(value, str):
         question = value
     elif isinstance(value, dict):
@@ -76,7 +95,7 @@ def to_question(value: Any) -> str:
             raise ConfigurationError(
                 f"a dict input needs a 'question' string; got keys {sorted(value)}"
             )
-    elif isinstance(value, list) and all(isinstance(m, BaseMessage) for m in value):
+    elif isinstance(value, list):
         system = [_text(m) for m in value if m.type == "system"]
         turns = [m for m in value if m.type != "system"]
         if len(turns) == 1 and turns[0].type == "human":
@@ -151,6 +170,14 @@ class _Collected:
         return self.answer.text if output == "text" else self.answer
 
 
+def _shut_down(manager: Any, portal: BlockingPortal, engine: Engine) -> None:
+    """Close the engine's backends on the sync calls' loop, then stop that loop."""
+    try:
+        portal.call(engine.aclose)
+    finally:
+        manager.__exit__(None, None, None)
+
+
 class SotflowRunnable(Runnable[Any, Any]):
     """Run a sotflow strategy as one step of a LangChain pipeline."""
 
@@ -175,6 +202,7 @@ class SotflowRunnable(Runnable[Any, Any]):
         self.name = name or f"sotflow[{self.strategy.name}]"
         self.engine = Engine(backend, **engine_options)
         self._portal: BlockingPortal | None = None
+        self._shutdown: weakref.finalize[Any, Any] | None = None
         self._portal_lock = threading.Lock()
 
     # -- schema ----------------------------------------------------------------------
@@ -270,16 +298,21 @@ class SotflowRunnable(Runnable[Any, Any]):
             if self._portal is None:
                 manager = start_blocking_portal()
                 self._portal = manager.__enter__()
-                weakref.finalize(self, manager.__exit__, None, None, None)
+                # Also at interpreter exit, for scripts that never call close(): the
+                # backend's HTTP session lives on this loop and must be closed on it,
+                # or aiohttp reports it as unclosed when the loop goes away.
+                self._shutdown = weakref.finalize(
+                    self, _shut_down, manager, self._portal, self.engine
+                )
             return self._portal
 
     def close(self) -> None:
         """Stop the background event loop that sync calls use (started on first use)."""
         with self._portal_lock:
-            portal, self._portal = self._portal, None
-        if portal is not None:
-            portal.call(self.engine.aclose)
-            portal.call(portal.stop)
+            shutdown, self._shutdown = self._shutdown, None
+            self._portal = None
+        if shutdown is not None:
+            shutdown()
 
     def invoke(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any) -> Any:
         return self._call_with_config(self._invoke, input, config, **kwargs)

@@ -15,6 +15,7 @@ from langchain_core.runnables import Runnable
 
 import sotflow
 from sotflow.integrations.langchain import SotflowRunnable, to_question
+from sotflow.testing import LoopbackServer
 from sotflow.types import Request
 
 
@@ -63,15 +64,30 @@ def test_is_a_real_runnable_and_invokes(runnable: SotflowRunnable) -> None:
             "User: Hi\nAssistant: Hello\nUser: Tips?",
         ),
         (PromptTemplate.from_template("Q: {x}").invoke({"x": "why"}), "Q: why"),
+        # The message-like forms chat models take, and one message on its own.
+        ([("human", "as a pair")], "as a pair"),
+        ([("system", "Be brief."), {"role": "user", "content": "Why?"}], "Be brief.\n\nWhy?"),
+        (HumanMessage("alone"), "alone"),
     ],
 )
 def test_accepted_inputs(value: object, question: str) -> None:
     assert to_question(value) == question
 
 
-@pytest.mark.parametrize("value", [42, {"topic": "x"}, "   ", [1, 2]])
-def test_bad_inputs_say_what_is_accepted(value: object) -> None:
-    with pytest.raises(sotflow.ConfigurationError):
+@pytest.mark.parametrize(
+    ("value", "says"),
+    [
+        (42, "takes a string"),
+        (("human", "a bare pair"), "takes a string"),
+        ({"topic": "x"}, "needs a 'question'"),
+        ("   ", "empty"),
+        ([], "empty"),
+        ([1, 2], "must hold messages"),
+        ([("robot", "hi")], "must hold messages.*'robot'"),
+    ],
+)
+def test_bad_inputs_say_what_is_accepted(value: object, says: str) -> None:
+    with pytest.raises(sotflow.ConfigurationError, match=says):
         to_question(value)
 
 
@@ -227,6 +243,24 @@ def test_errors_propagate_from_every_entry_point() -> None:
         anyio.run(both)
     finally:
         step.close()
+
+
+def test_sync_use_without_close_leaves_no_unclosed_session(server: LoopbackServer) -> None:
+    # The README's chain.invoke(...) in a script that ends without step.close(): the
+    # backend's aiohttp session lives on the sync calls' loop and is closed at exit.
+    code = (
+        "import sotflow\n"
+        "from sotflow.integrations.langchain import SotflowRunnable\n"
+        f"backend = sotflow.OpenAIBackend(base_url={server.base_url!r}, api_key='k')\n"
+        "step = SotflowRunnable(sotflow.Direct(max_tokens=3), backend)\n"
+        "print(step.invoke('Q?'), list(step.stream('Q?')))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-X", "dev", "-c", code], capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip()
+    assert "Unclosed" not in out.stderr and "ResourceWarning" not in out.stderr, out.stderr
 
 
 def test_a_backend_is_required() -> None:
