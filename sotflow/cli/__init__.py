@@ -59,7 +59,14 @@ def _engine(args: argparse.Namespace, backend: Any) -> Engine:
 # -- ask -------------------------------------------------------------------------------
 
 
+def _refuse_empty(question: str) -> None:
+    # A usage error (exit 2), found before a backend (perhaps a local model) is loaded.
+    if not question.strip():
+        raise ConfigurationError("the question is empty; give the model something to answer")
+
+
 def cmd_ask(args: argparse.Namespace) -> int:
+    _refuse_empty(args.question)
     backend = make_backend(args)
     strategy = _strategy(args, backend)
     item = InputItem(1, 1, args.question)
@@ -193,6 +200,7 @@ def cmd_route(args: argparse.Namespace) -> int:
         # success while deciding nothing the user asked for.
         raise FileNotFoundError(f"input file {target!r} does not exist")
     else:
+        _refuse_empty(target)
         items = [InputItem(1, 1, target)]
     needs_model = args.router == "llm"
     backend = make_backend(args) if needs_model else None
@@ -337,8 +345,12 @@ def build_parser() -> argparse.ArgumentParser:
     batch = sub.add_parser("batch", help="answer every question in a JSONL or text file")
     batch.add_argument("input", help="JSONL with 'question' (or 'prompt') and 'id', .txt, or -")
     batch.add_argument("-o", "--output", required=True, help="JSONL file to write (or -)")
-    batch.add_argument("--resume", action="store_true", help="keep answered items, redo the rest")
-    batch.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    # Both at once has no meaning (keep the file, or replace it): argparse refuses it.
+    existing = batch.add_mutually_exclusive_group()
+    existing.add_argument(
+        "--resume", action="store_true", help="keep answered items, redo the rest"
+    )
+    existing.add_argument("--overwrite", action="store_true", help="replace an existing output")
     batch.add_argument("--ordered", action="store_true", help="write in input order")
     batch.add_argument("--quiet", action="store_true", help="no progress bar, no summary")
     batch.add_argument("--prices", help="JSON file of USD per million tokens per model")

@@ -124,6 +124,16 @@ def test_usage_errors_exit_2(cli: Runner, loopback: LoopbackServer, tmp_path: Pa
         assert "Traceback" not in result.stderr
     result = cli("batch", str(source))  # no -o
     assert result.code == 2 and "-o/--output" in result.stderr
+    # Keep the output or replace it: both at once is refused, not silently one of them.
+    out.write_text('{"id": 1, "error": null}\n', encoding="utf-8")
+    result = cli("batch", str(source), "-o", str(out), "--resume", "--overwrite")
+    assert result.code == 2 and "not allowed with argument --resume" in result.stderr
+    assert out.read_text(encoding="utf-8") == '{"id": 1, "error": null}\n'
+    out.unlink()
+    for command in ("ask", "route"):
+        result = cli(command, "  ")
+        assert result.code == 2, (command, result.stderr)
+        assert "the question is empty" in result.stderr
     assert cli().code == 2  # no command at all
     assert loopback.stats()["requests"] == 0
     assert not out.exists()
