@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
 
 import anyio
 
@@ -61,3 +62,14 @@ async def wait_until(predicate: Callable[[], bool], within_s: float = 3.0) -> No
     with anyio.fail_after(within_s):
         while not predicate():  # noqa: ASYNC110
             await anyio.sleep(0.01)
+
+
+async def cancel_once(
+    predicate: Callable[[], bool], work: Callable[[], Awaitable[Any]], within_s: float = 10.0
+) -> None:
+    """Run ``work`` and cancel it the moment ``predicate`` holds (e.g. its calls are all
+    in flight): a fixed delay instead could pass before a loaded machine got there."""
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(work)
+        await wait_until(predicate, within_s)
+        tg.cancel_scope.cancel()

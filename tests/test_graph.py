@@ -104,14 +104,13 @@ async def test_fan_out_with_expand_add_and_fan_in() -> None:
 
         return Graph([Step("plan", plan), Step("done", lambda c: c["plan"])], output="join")
 
-    start = time.monotonic()
     answer = await run(backend, build)
-    elapsed = time.monotonic() - start
     assert answer.ok, answer.error
     assert answer.text == "<write p0> <write p1> <write p2> <write p3>"
     assert backend.peak_in_flight == 4  # the points ran at once
-    assert elapsed < 0.4 * 4  # and not one after another (generously bounded)
     trace = answer.trace
+    # ... and not one after another: every call started before the first one ended.
+    assert max(n.start_s for n in trace.calls) < min(n.end_s for n in trace.calls)  # type: ignore[type-var]
     assert [n.id for n in trace.calls] and {n.id for n in trace.calls} == {"p0", "p1", "p2", "p3"}
     assert trace.node("join").needs == ["p0", "p1", "p2", "p3"]
 

@@ -6,7 +6,6 @@ import time
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 
-import anyio
 import httpx
 import pytest
 import tenacity
@@ -33,6 +32,8 @@ from sotflow.backends.openai import parse_retry_after
 from sotflow.errors import error_from_status
 from sotflow.events import Event
 from sotflow.retry import is_retryable
+
+from .support import cancel_once
 
 # -- status mapping ---------------------------------------------------------------------
 
@@ -273,9 +274,13 @@ async def test_foreign_exceptions_are_not_retried() -> None:
 async def test_retry_wait_is_cancellable() -> None:
     # A run cancelled while it sleeps before a retry ends at once, not after the wait.
     backend = ScriptedBackend([error_from_status(429, "later", retry_after=30), "done"])
+    events: list[Event] = []
     async with Engine(backend, retry=RetryPolicy(max_wait_s=60)) as engine:
         start = time.monotonic()
-        with anyio.move_on_after(0.3):
-            await engine.run(Direct(), "q")
+        # Cancelled once the run is in its 30 s wait, however long it took to get there.
+        await cancel_once(
+            lambda: any(isinstance(e, Retrying) for e in events),
+            lambda: engine.run(Direct(), "q", on_event=events.append),
+        )
         assert time.monotonic() - start < 5
     assert backend.calls == 1

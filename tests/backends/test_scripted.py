@@ -19,6 +19,8 @@ from sotflow import (
 from sotflow.backends.base import StreamItem
 from sotflow.backends.scripted import split_tokens
 
+from ..support import cancel_once
+
 # Leaked streams, tasks or connections show up as ResourceWarnings: fail on them.
 pytestmark = pytest.mark.filterwarnings(
     "error::ResourceWarning", "error::pytest.PytestUnraisableExceptionWarning"
@@ -132,10 +134,13 @@ async def test_bad_script_items_are_refused() -> None:
 @pytest.mark.anyio
 async def test_counts_concurrency_and_cancellation() -> None:
     backend = ScriptedBackend(["slow"], cycle=True, delay_s=5)
-    with anyio.move_on_after(0.1):
+
+    async def four() -> None:
         async with anyio.create_task_group() as tg:
             for _ in range(4):
                 tg.start_soon(backend.complete, Request.of("q"))
+
+    await cancel_once(lambda: backend.in_flight == 4, four)
     assert backend.peak_in_flight == 4
     assert backend.cancelled == 4
     assert backend.in_flight == 0 and backend.completed == 0

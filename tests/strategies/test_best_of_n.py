@@ -112,7 +112,7 @@ async def test_threshold_takes_the_first_good_sample_and_cancels_the_rest() -> N
     for node in ("sample3", "sample4", "score3", "score4"):
         assert trace.node(node).status == "cancelled"
     assert trace.node("score2").status == "ok"
-    assert answer.latency_s < 2.5  # the 5 s samples were not waited for
+    assert answer.latency_s < 5  # shorter than the slow samples alone: not waited for
 
 
 @pytest.mark.anyio

@@ -68,7 +68,7 @@ async def test_a_batch_runs_at_once_and_an_accept_cancels_the_rest() -> None:
     trace = answer.trace
     assert trace is not None
     assert [trace.node(f"sample{i}").status for i in (1, 3, 4)] == ["cancelled"] * 3
-    assert answer.latency_s < 2.5
+    assert answer.latency_s < 5  # shorter than the slow samples alone: not waited for
 
 
 @pytest.mark.anyio

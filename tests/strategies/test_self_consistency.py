@@ -64,7 +64,7 @@ async def test_early_stop_cancels_samples_that_cannot_change_the_winner() -> Non
     for i in (6, 7, 8):
         assert trace.node(f"sample{i}").status == "cancelled"
         assert trace.node(f"vote{i}").status == "cancelled"
-    assert answer.latency_s < 2.5
+    assert answer.latency_s < 5  # shorter than the slow samples alone: not waited for
     # Cancelled calls spent nothing: usage is exactly the five completed samples.
     assert answer.usage.total_tokens == sum(
         trace.node(f"sample{i}").usage.total_tokens  # type: ignore[union-attr]
