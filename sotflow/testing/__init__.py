@@ -23,7 +23,7 @@ __all__ = ["Fault", "LoopbackServer", "ServerConfig"]
 
 
 class LoopbackServer:
-    """Runs ``python -m sotflow.testing.server`` in a subprocess on 127.0.0.1."""
+    """Runs ``python -m sotflow.testing`` (the loopback server) in a subprocess on 127.0.0.1."""
 
     def __init__(
         self,
@@ -53,7 +53,7 @@ class LoopbackServer:
         self._stderr = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "sotflow.testing.server", *self.args],
+            [sys.executable, "-m", "sotflow.testing", *self.args],
             stdout=subprocess.PIPE,
             stderr=self._stderr,
             text=True,

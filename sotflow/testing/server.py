@@ -1,6 +1,6 @@
 """A loopback OpenAI-compatible server with paced tokens and injected faults.
 
-Run it as ``python -m sotflow.testing.server --port 0 --ttft 0.25 --tps 50``; it prints
+Run it as ``python -m sotflow.testing --port 0 --ttft 0.25 --tps 50``; it prints
 ``listening on http://127.0.0.1:PORT/v1`` once ready. Control endpoints (JSON):
 
 - ``POST /_control/faults`` ``{"faults": [Fault, ...]}``: queue faults for coming requests
@@ -443,6 +443,11 @@ def _logprob(token: str) -> dict[str, Any]:
     return {"token": token, "logprob": value, "top_logprobs": []}
 
 
+# Where an embedding program finds the server's state (faults, counters) on the app; a
+# typed key, since plain string keys make aiohttp warn.
+SERVER_KEY = web.AppKey("server", _Server)
+
+
 def create_app(
     config: ServerConfig | None = None, responder: Responder | None = None
 ) -> web.Application:
@@ -454,7 +459,7 @@ def create_app(
     app.router.add_post("/_control/config", server.control_config)
     app.router.add_get("/_control/stats", server.control_stats)
     app.router.add_post("/_control/reset", server.control_reset)
-    app["server"] = server
+    app[SERVER_KEY] = server
     return app
 
 
@@ -485,7 +490,7 @@ async def _serve(config: ServerConfig, responder: Responder | None, host: str, p
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
-        prog="python -m sotflow.testing.server",
+        prog="python -m sotflow.testing",
         description="Loopback OpenAI-compatible server with paced tokens and injected faults.",
     )
     parser.add_argument("--host", default="127.0.0.1")
