@@ -22,6 +22,7 @@ from ..errors import ConfigurationError
 from ..events import AnswerDelta, AnswerReset, RunFinished
 from ..serve import add_arguments as serve_arguments
 from ..strategies.registry import make_strategy
+from ..types import Decision
 from .batch import run_batch
 from .options import (
     add_backend_options,
@@ -34,6 +35,7 @@ from .records import (
     InputItem,
     OutputWriter,
     answer_record,
+    carry,
     duplicate_ids,
     read_items,
     repair_and_load,
@@ -191,6 +193,10 @@ def cmd_batch(args: argparse.Namespace) -> int:
 # -- route -----------------------------------------------------------------------------
 
 
+# A route record's own fields; an input field of the same name is carried as input_<name>.
+ROUTE_FIELDS = ("id", "question", *Decision.model_fields, "error")
+
+
 def cmd_route(args: argparse.Namespace) -> int:
     target = args.input
     if target == "-" or Path(target).is_file():
@@ -231,8 +237,7 @@ def cmd_route(args: argparse.Namespace) -> int:
                 except Exception as exc:  # one bad question must not sink the rest
                     record["error"] = {"type": type(exc).__name__, "message": str(exc)}
                     failed += 1
-            record.update({k: v for k, v in item.extra.items() if k not in record})
-            writer.write(record)
+            writer.write(carry(record, item.extra, ROUTE_FIELDS))
 
     try:
         anyio.run(run)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -25,6 +25,7 @@ __all__ = [
     "InputItem",
     "OutputWriter",
     "answer_record",
+    "carry",
     "error_record",
     "read_items",
     "repair_and_load",
@@ -122,9 +123,13 @@ def duplicate_ids(items: list[InputItem]) -> list[str]:
     return duplicates
 
 
-def _carry(record: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+def carry(
+    record: dict[str, Any], extra: dict[str, Any], reserved: Collection[str] = OUTPUT_FIELDS
+) -> dict[str, Any]:
+    """Add the input's other fields; one named like an output field (``reserved``, also
+    where this record lacks it) is kept under ``input_<name>``, never dropped."""
     for name, value in extra.items():
-        record[f"input_{name}" if name in OUTPUT_FIELDS else name] = value
+        record[f"input_{name}" if name in reserved or name in record else name] = value
     return record
 
 
@@ -164,7 +169,7 @@ def answer_record(item: InputItem, answer: Answer) -> dict[str, Any]:
         "attempts": answer.attempts,
         "error": answer.error.model_dump() if answer.error else None,
     }
-    return _carry(record, item.extra)
+    return carry(record, item.extra)
 
 
 def error_record(item: InputItem, error_type: str, message: str) -> dict[str, Any]:
@@ -179,7 +184,7 @@ def error_record(item: InputItem, error_type: str, message: str) -> dict[str, An
         "attempts": 0,
         "error": {"type": error_type, "message": message},
     }
-    return _carry(record, item.extra)
+    return carry(record, item.extra)
 
 
 def _records(path: Path) -> Iterator[tuple[int, str, dict[str, Any] | None]]:

@@ -79,7 +79,7 @@ def test_route_a_question_and_a_file(cli: Runner, loopback: LoopbackServer, tmp_
     source.write_text(
         json.dumps({"id": "x", "question": DIRECT_QUESTIONS[1], "label": "direct"})
         + "\nnot json\n"
-        + json.dumps({"id": "y", "question": SOT_QUESTIONS[1]})
+        + json.dumps({"id": "y", "question": SOT_QUESTIONS[1], "strategy": "gold", "reason": "r"})
         + "\n",
         encoding="utf-8",
     )
@@ -91,6 +91,8 @@ def test_route_a_question_and_a_file(cli: Runner, loopback: LoopbackServer, tmp_
     assert [r["id"] for r in rows] == ["x", 2, "y"]
     assert [r.get("strategy") for r in rows] == ["direct", None, "sot"]
     assert rows[0]["label"] == "direct"  # carried
+    # Input fields named like the router's own are kept beside them, as batch does.
+    assert rows[2]["input_strategy"] == "gold" and rows[2]["input_reason"] == "r"
     assert "line 2" in rows[1]["error"]["message"]
     assert loopback.stats()["requests"] == 0  # the rules router asks no model
 
