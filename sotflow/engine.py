@@ -36,6 +36,17 @@ __all__ = ["Engine", "EventStream"]
 _UNSET: Any = object()
 
 
+def _question_list(questions: Iterable[str], method: str) -> list[str]:
+    # A string is an iterable of one-letter questions: refused, or every letter would
+    # be answered (and paid for) on its own.
+    if isinstance(questions, str):
+        raise ConfigurationError(
+            f"engine.{method}() takes a list of questions, got one string; pass [question], "
+            "or use engine.run() for a single question"
+        )
+    return list(questions)
+
+
 class EventStream:
     """Events of background work, as an async iterator; closing it cancels the work.
 
@@ -223,7 +234,7 @@ class Engine:
     ) -> list[Answer]:
         """Answer every question; answers come back in input order. A failed question
         gets an ``Answer`` with ``error`` set in its place; the others are unaffected."""
-        questions = list(questions)
+        questions = _question_list(questions, "batch")
         answers: list[Answer | None] = [None] * len(questions)
 
         async def record(index: int, answer: Answer) -> None:
@@ -241,7 +252,7 @@ class Engine:
         on_event: EventSink | None = None,
     ) -> EventStream:
         """Yield ``(index, answer)`` pairs as questions finish (needs ``async with``)."""
-        questions = list(questions)
+        questions = _question_list(questions, "as_completed")
 
         async def produce(send: MemoryObjectSendStream[tuple[int, Answer]]) -> None:
             async def record(index: int, answer: Answer) -> None:

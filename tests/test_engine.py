@@ -347,6 +347,12 @@ async def test_configuration_errors_are_clear() -> None:
             await engine.run(Direct(), 42)  # type: ignore[arg-type]
         with pytest.raises(ConfigurationError, match="concurrency"):
             await engine.batch(Direct(), ["q"], concurrency=0)
+        # One string is not a list of one-letter questions.
+        with pytest.raises(ConfigurationError, match=r"takes a list of questions.*\[question\]"):
+            await engine.batch(Direct(), "hello")
+        with pytest.raises(ConfigurationError, match=r"as_completed\(\) takes a list"):
+            engine.as_completed(Direct(), "hello")
+        assert backend.calls == 0
         events: list[Event] = []
         answer = await engine.run(Direct(), "", return_errors=True, on_event=events.append)
         assert answer.error is not None and answer.error.type == "ConfigurationError"
