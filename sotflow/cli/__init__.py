@@ -113,6 +113,13 @@ def _resume_command(args: argparse.Namespace) -> str:
     return "sotflow " + " ".join(shlex.quote(a) for a in argv)
 
 
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.samefile(b)
+    except OSError:  # the output does not exist yet
+        return False
+
+
 def cmd_batch(args: argparse.Namespace) -> int:
     items = read_items(args.input)
     duplicates = duplicate_ids(items)
@@ -125,6 +132,12 @@ def cmd_batch(args: argparse.Namespace) -> int:
     output = Path(args.output) if args.output != "-" else None
     if args.resume and output is None:
         raise ConfigurationError("--resume needs an output file, not stdout")
+    if output is not None and args.input != "-" and _same_file(Path(args.input), output):
+        # --overwrite would replace the questions with answers, --resume would take the
+        # input lines for answered records and append to them.
+        raise ConfigurationError(
+            f"{args.output} is the input file; write the answers to another file (-o)"
+        )
     done: set[str] = set()
     if output is not None and output.exists() and output.stat().st_size > 0:
         if args.resume:

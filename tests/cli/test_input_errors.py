@@ -108,6 +108,19 @@ def test_existing_output_needs_resume_or_overwrite(
     assert record["id"] == 1 and record["error"] is None
 
 
+def test_the_input_file_is_never_the_output(
+    cli: Runner, loopback: LoopbackServer, tmp_path: Path
+) -> None:
+    source = write_jsonl(tmp_path / "in.jsonl", [{"id": "a", "question": SOT_QUESTIONS[0]}])
+    before = source.read_text(encoding="utf-8")
+    for flag in ("--resume", "--overwrite"):
+        result = cli("batch", str(source), "-o", str(tmp_path / "." / "in.jsonl"), flag)
+        assert result.code == 2, (flag, result.stderr)
+        assert "is the input file" in result.stderr
+    assert source.read_text(encoding="utf-8") == before
+    assert loopback.stats()["requests"] == 0
+
+
 def test_usage_errors_exit_2(cli: Runner, loopback: LoopbackServer, tmp_path: Path) -> None:
     source = write_jsonl(tmp_path / "in.jsonl", [{"question": SOT_QUESTIONS[0]}])
     out = tmp_path / "out.jsonl"
