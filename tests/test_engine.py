@@ -114,7 +114,9 @@ async def test_a_stream_broken_midway_is_withdrawn_and_retried_exactly() -> None
 async def test_a_stream_timed_out_midway_is_withdrawn_and_retried_exactly() -> None:
     # The first attempt streams a couple of tokens, then stalls past the attempt timeout.
     backend = ScriptedBackend([Reply("a b c d e f g h", token_delay_s=0.15), "fresh answer"])
-    async with Engine(backend, timeout=0.4, retry=FAST) as engine:
+    # 0.8 s: past the first tokens, short of the whole 1.2 s stream, and ample for the
+    # instant retry on a loaded machine (a slower retry would time out too).
+    async with Engine(backend, timeout=0.8, retry=FAST) as engine:
         events = [e async for e in engine.stream(Direct(), "q")]
     answer = events[-1].answer  # type: ignore[attr-defined]
     assert answer.ok and answer.text == "fresh answer"
@@ -129,7 +131,8 @@ async def test_a_stream_timed_out_midway_is_withdrawn_and_retried_exactly() -> N
 async def test_per_attempt_timeout_is_retried() -> None:
     backend = ScriptedBackend([Reply("late", delay_s=30), "on time"])
     events: list[Event] = []
-    async with Engine(backend, timeout=0.2, retry=FAST) as engine:
+    # Long enough that the instant second attempt cannot miss it on a loaded machine.
+    async with Engine(backend, timeout=1.0, retry=FAST) as engine:
         start = time.monotonic()
         answer = await engine.run(Direct(), "q", on_event=events.append)
     assert time.monotonic() - start < 10

@@ -311,7 +311,8 @@ async def test_a_hung_attempt_times_out_and_is_retried(server: LoopbackServer, h
 async def test_attempt_timeouts_that_never_clear_raise(server: LoopbackServer) -> None:
     server.inject(Fault("hang", times=3))
     policy = RetryPolicy(max_retries=2, initial_wait_s=0, jitter_s=0)
-    async with Engine(make_backend(server), retry=policy, timeout=0.2) as engine:
+    # Each attempt must reach the server before it times out, or it takes no fault.
+    async with Engine(make_backend(server), retry=policy, timeout=0.5) as engine:
         with pytest.raises(APITimeoutError):
             await engine.run(Direct(), "q")
     assert server.stats()["requests"] == 3
