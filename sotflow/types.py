@@ -86,6 +86,22 @@ class SamplingParams:
     def replace(self, **changes: Any) -> SamplingParams:
         return dataclasses.replace(self, **changes)
 
+    @classmethod
+    def of(cls, owner: str, **settings: Any) -> SamplingParams:
+        """The sampling parameters among ``owner``'s keyword arguments.
+
+        Strategies pass their extra keywords on as sampling parameters, so a misspelt
+        setting of their own lands here: say so in the owner's terms.
+        """
+        names = [f.name for f in dataclasses.fields(cls)]
+        unknown = sorted(set(settings) - set(names))
+        if unknown:
+            raise ConfigurationError(
+                f"{owner} has no setting {', '.join(map(repr, unknown))}; besides its own "
+                f"settings it takes sampling parameters: {', '.join(names)}"
+            )
+        return cls(**settings)
+
 
 @dataclass(frozen=True, slots=True)
 class Request:

@@ -66,7 +66,9 @@ class BestOfN:
         self.seed = seed
         check_backend(backend, "backend")
         self.backend = backend
-        self.params = SamplingParams(max_tokens=max_tokens, temperature=temperature, **params)
+        self.params = SamplingParams.of(
+            type(self).__name__, max_tokens=max_tokens, temperature=temperature, **params
+        )
         if needs_logprobs(self.scorer):
             self.params = self.params.replace(logprobs=True)
 

@@ -78,7 +78,9 @@ class Chain:
         self.system = system
         check_backend(backend, "backend")
         self.backend = backend
-        self.params = SamplingParams(max_tokens=max_tokens, temperature=temperature, **params)
+        self.params = SamplingParams.of(
+            type(self).__name__, max_tokens=max_tokens, temperature=temperature, **params
+        )
 
     def _link(self, index: int, step: ChainStep) -> _Link:
         if isinstance(step, str):

@@ -24,7 +24,9 @@ class Direct:
         system: str | None = None,
         **params: Any,
     ) -> None:
-        self.params = SamplingParams(max_tokens=max_tokens, temperature=temperature, **params)
+        self.params = SamplingParams.of(
+            type(self).__name__, max_tokens=max_tokens, temperature=temperature, **params
+        )
         self.system = system
         self._head = (Message.system(system),) if system else ()
 

@@ -91,7 +91,9 @@ class Refine:
         self.critic_backend = critic_backend
         self.system = system
         self.prompts = Prompts.of(prompts, prompt_dir, uses=_PROMPTS, owner="Refine")
-        self.params = SamplingParams(max_tokens=max_tokens, temperature=temperature, **params)
+        self.params = SamplingParams.of(
+            type(self).__name__, max_tokens=max_tokens, temperature=temperature, **params
+        )
         self.critique_params = SamplingParams(max_tokens=critique_max_tokens, temperature=0.0)
 
     def __repr__(self) -> str:

@@ -92,7 +92,9 @@ class RejectionSampling:
         self.seed = seed
         check_backend(backend, "backend")
         self.backend = backend
-        self.params = SamplingParams(max_tokens=max_tokens, temperature=temperature, **params)
+        self.params = SamplingParams.of(
+            type(self).__name__, max_tokens=max_tokens, temperature=temperature, **params
+        )
 
     def __repr__(self) -> str:
         verifier = self.judge if self.judge is not None else getattr(self.check, "__name__", "fn")

@@ -130,7 +130,9 @@ class SelfConsistency:
             self.max_weight = float(self.weigher.scale) if max_weight is None else max_weight
         else:
             self.max_weight = max_weight
-        self.params = SamplingParams(max_tokens=max_tokens, temperature=temperature, **params)
+        self.params = SamplingParams.of(
+            type(self).__name__, max_tokens=max_tokens, temperature=temperature, **params
+        )
         if self.logprob_weights:
             self.params = self.params.replace(logprobs=True)
 

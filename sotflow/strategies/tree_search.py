@@ -129,7 +129,9 @@ class TreeSearch:
             uses=_PROMPTS,
             owner="TreeSearch (its judge takes its own: Judge(prompts=...))",
         )
-        self.params = SamplingParams(max_tokens=max_tokens, temperature=temperature, **params)
+        self.params = SamplingParams.of(
+            type(self).__name__, max_tokens=max_tokens, temperature=temperature, **params
+        )
         if needs_logprobs(self.scorer):
             self.params = self.params.replace(logprobs=True)
 

@@ -63,3 +63,28 @@ def test_a_tree_searchs_judge_prompts_go_to_the_judge() -> None:
         sotflow.TreeSearch(prompts={"tree_judge.user": "Rate $text"})
     judge = sotflow.Judge(template="tree_judge", prompts={"tree_judge.user": "Rate $text"})
     assert sotflow.TreeSearch(scorer=judge).scorer is judge
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: sotflow.Direct(max_token=5),
+        lambda: sotflow.SelfConsistency(8, early_stopping=False),
+        lambda: sotflow.BestOfN(4, len, treshold=7),
+        lambda: sotflow.Refine(rounds=3),
+        lambda: sotflow.TreeSearch(beam=3),
+        lambda: sotflow.Chain("Q: $question", step_max_tokens=5),
+        lambda: sotflow.RejectionSampling(len, 3, max_sample=4),
+    ],
+)
+def test_a_misspelt_setting_is_named_with_what_is_taken(make: Callable[[], object]) -> None:
+    # Extra keywords go on as sampling parameters, so a typo used to surface as
+    # "SamplingParams.__init__() got an unexpected keyword argument".
+    with pytest.raises(sotflow.ConfigurationError, match=r"has no setting '.+'; besides") as caught:
+        make()
+    assert "SamplingParams" not in str(caught.value) and "top_p" in str(caught.value)
+
+
+def test_sampling_parameters_still_pass_through() -> None:
+    assert sotflow.Direct(top_p=0.5, seed=3).params.seed == 3
+    assert sotflow.SelfConsistency(3, top_k=20).params.top_k == 20  # type: ignore[attr-defined]
