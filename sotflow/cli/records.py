@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+from ..errors import ConfigurationError
 from ..types import Answer
 
 __all__ = [
@@ -69,8 +70,27 @@ def _lines(path: str) -> tuple[list[str], bool]:
     return text.splitlines(), True
 
 
+def _refuse_json_array(lines: list[str], path: str) -> None:
+    # A whole-file JSON array (often pretty-printed) would otherwise become one error
+    # record per line, none of them saying what is wrong with the file.
+    text = "\n".join(lines).strip()
+    if not text.startswith("["):
+        return
+    try:
+        data = json.loads(text)
+    except ValueError:
+        return  # JSONL whose first line is bad: reported line by line
+    if isinstance(data, list):
+        raise ConfigurationError(
+            f"{'stdin' if path == '-' else path} holds one JSON array; sotflow reads JSONL, "
+            "one object a line. Convert it, e.g. with: jq -c '.[]' FILE > FILE.jsonl"
+        )
+
+
 def read_items(path: str) -> list[InputItem]:
     lines, jsonl = _lines(path)
+    if jsonl or path == "-":  # stdin has no suffix to say it is not JSON
+        _refuse_json_array(lines, path)
     items: list[InputItem] = []
     for number, raw in enumerate(lines, start=1):
         if not raw.strip():

@@ -108,6 +108,26 @@ def test_existing_output_needs_resume_or_overwrite(
     assert record["id"] == 1 and record["error"] is None
 
 
+def test_a_json_array_file_is_refused_with_how_to_convert_it(
+    cli: Runner, loopback: LoopbackServer, tmp_path: Path
+) -> None:
+    rows = [{"id": "a", "question": SOT_QUESTIONS[0]}, {"id": "b", "question": SOT_QUESTIONS[1]}]
+    source = tmp_path / "questions.json"
+    source.write_text(json.dumps(rows, indent=2), encoding="utf-8")  # one array, many lines
+    out = tmp_path / "out.jsonl"
+    result = cli("batch", str(source), "-o", str(out))
+    assert result.code == 2, result.stderr
+    assert "holds one JSON array" in result.stderr and "jq -c '.[]'" in result.stderr
+    assert not out.exists()
+    result = cli("route", "-", stdin=json.dumps(rows))
+    assert result.code == 2 and "stdin holds one JSON array" in result.stderr
+    # A JSONL file whose first line happens to be an array is still read line by line.
+    source.write_text("[1, 2]\n" + json.dumps(rows[0]) + "\n", encoding="utf-8")
+    result = cli("route", str(source))
+    assert result.code == 1 and len(result.stdout.splitlines()) == 2
+    assert loopback.stats()["requests"] == 0
+
+
 def test_the_input_file_is_never_the_output(
     cli: Runner, loopback: LoopbackServer, tmp_path: Path
 ) -> None:
