@@ -624,6 +624,12 @@ class Run:
 
 def validation_error(strategy: Any, question: Any) -> ConfigurationError | None:
     # Duck-typed on purpose: a runtime Protocol check costs more than a whole small run.
+    if isinstance(strategy, type):
+        # The class passes the duck test when its name is a class attribute (Direct).
+        return ConfigurationError(
+            f"expected a strategy instance, got the class {strategy.__name__}; "
+            f"pass {strategy.__name__}(...)"
+        )
     if not callable(getattr(strategy, "build", None)) or not hasattr(strategy, "name"):
         return ConfigurationError(
             "expected a strategy (Direct(), SkeletonOfThought(), ...), "

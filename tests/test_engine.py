@@ -344,6 +344,8 @@ async def test_configuration_errors_are_clear() -> None:
     async with engine:
         with pytest.raises(ConfigurationError, match="expected a strategy"):
             await engine.run("direct", "q")  # type: ignore[arg-type]
+        with pytest.raises(ConfigurationError, match=r"the class Direct; pass Direct\(\.\.\.\)"):
+            await engine.run(Direct, "q")  # type: ignore[arg-type]
         with pytest.raises(ConfigurationError, match="empty"):
             await engine.run(Direct(), "   ")
         with pytest.raises(ConfigurationError, match="string"):
