@@ -44,6 +44,7 @@ from ..engine import Engine
 from ..errors import ConfigurationError
 from ..events import AnswerDelta, Event, NodeFailed, NodeFinished, Retrying, RunFinished
 from ..strategies.base import Strategy
+from ..strategies.registry import make_strategy
 from ..strategies.skeleton import SkeletonOfThought
 from ..types import Answer
 
@@ -183,7 +184,7 @@ class SotflowRunnable(Runnable[Any, Any]):
 
     def __init__(
         self,
-        strategy: Strategy | None = None,
+        strategy: Strategy | str | None = None,
         backend: Backend | None = None,
         *,
         output: Literal["text", "answer"] = "text",
@@ -196,6 +197,15 @@ class SotflowRunnable(Runnable[Any, Any]):
             )
         if output not in ("text", "answer"):
             raise ConfigurationError(f"output must be 'text' or 'answer', got {output!r}")
+        if isinstance(strategy, str):
+            strategy = make_strategy(strategy)  # by name, as the CLI's --strategy
+        elif strategy is not None and (
+            isinstance(strategy, type) or not isinstance(strategy, Strategy)
+        ):
+            raise ConfigurationError(
+                "strategy must be a sotflow strategy instance (SkeletonOfThought(), Direct(), "
+                f"...) or its name ('sot', 'direct', ...); got {strategy!r}"
+            )
         self.strategy = strategy if strategy is not None else SkeletonOfThought()
         self.backend = backend
         self.output = output

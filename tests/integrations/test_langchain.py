@@ -268,6 +268,20 @@ def test_a_backend_is_required() -> None:
         SotflowRunnable(sotflow.Direct())
 
 
+def test_a_strategy_by_name_or_a_clear_error() -> None:
+    backend = sotflow.ScriptedBackend(sot_model())
+    step = SotflowRunnable("direct", backend)  # type: ignore[arg-type]
+    try:
+        assert isinstance(step.strategy, sotflow.Direct) and step.invoke("Q?") == "direct: Q?"
+    finally:
+        step.close()
+    with pytest.raises(sotflow.ConfigurationError, match="unknown strategy 'sotdag'"):
+        SotflowRunnable("sotdag", backend)  # type: ignore[arg-type]
+    for wrong in (sotflow.Direct, 42):  # the class itself, not an instance
+        with pytest.raises(sotflow.ConfigurationError, match="must be a sotflow strategy"):
+            SotflowRunnable(wrong, backend)  # type: ignore[arg-type]
+
+
 def test_missing_extra_names_the_install_command() -> None:
     code = (
         "import sys\n"
