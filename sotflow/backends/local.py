@@ -21,6 +21,7 @@ torch and transformers are imported when a backend is made, never by ``import so
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
@@ -37,6 +38,7 @@ from .base import BaseBackend, Capabilities, StreamItem
 
 if TYPE_CHECKING:
     from ..decoding.batched import BatchDecoder, SequenceUpdate, SpeculationConfig
+    from ..decoding.heads import DraftHeads
     from ..decoding.sampling import SamplingConfig
 
 __all__ = ["DEFAULT_MAX_TOKENS", "LocalBackend", "LocalModelError"]
@@ -130,6 +132,7 @@ class LocalBackend(BaseBackend):
         max_concurrency: int | None = 64,
         max_batch_size: int = 16,
         decoding: str | SpeculationConfig | None = None,
+        heads: str | os.PathLike[str] | DraftHeads | None = None,
         default_max_tokens: int = DEFAULT_MAX_TOKENS,
         rpm: int | None = None,
         tpm: int | None = None,
@@ -146,6 +149,7 @@ class LocalBackend(BaseBackend):
                 name=loaded.source.name,
                 max_batch_size=max_batch_size,
                 decoding=decoding,
+                heads=heads,
                 default_max_tokens=default_max_tokens,
             )
         )
@@ -163,6 +167,7 @@ class LocalBackend(BaseBackend):
         max_concurrency: int | None = 64,
         max_batch_size: int = 16,
         decoding: str | SpeculationConfig | None = None,
+        heads: str | os.PathLike[str] | DraftHeads | None = None,
         default_max_tokens: int = DEFAULT_MAX_TOKENS,
         limiter: Limiter | None = None,
     ) -> LocalBackend:
@@ -176,6 +181,7 @@ class LocalBackend(BaseBackend):
                 name=name,
                 max_batch_size=max_batch_size,
                 decoding=decoding,
+                heads=heads,
                 default_max_tokens=default_max_tokens,
             )
         )
@@ -190,16 +196,11 @@ class LocalBackend(BaseBackend):
         name: str,
         max_batch_size: int,
         decoding: str | SpeculationConfig | None,
+        heads: str | os.PathLike[str] | DraftHeads | None,
         default_max_tokens: int,
     ) -> None:
-        from ..decoding.batched import BatchDecoder, SpeculationConfig
         from ..decoding.forward import DecoderModel
 
-        if isinstance(decoding, str):
-            try:
-                decoding = SpeculationConfig(mode=decoding)  # type: ignore[arg-type]
-            except ValueError as exc:
-                raise ConfigurationError(str(exc)) from exc
         try:
             self._model = DecoderModel(hf_model)
         except ValueError as exc:
@@ -208,9 +209,12 @@ class LocalBackend(BaseBackend):
         self.tokenizer = tokenizer
         self.model = name
         self.default_max_tokens = default_max_tokens
-        self.decoder: BatchDecoder = BatchDecoder(
-            self._model, max_batch_size=max_batch_size, speculation=decoding
-        )
+        self._heads_source = heads
+        self._heads: dict[str, DraftHeads] = {}
+        if heads is not None and decoding is None:
+            # Heads given without a mode: decode with them, as their kind says.
+            decoding = self._load_heads(heads).kind
+        self.decoder: BatchDecoder = self._new_decoder(decoding, max_batch_size)
         self._eos = self._eos_ids(hf_model, tokenizer)
         self._jobs: dict[int, tuple[_Job, int]] = {}
         self._step_lock = threading.Lock()
@@ -463,21 +467,62 @@ class LocalBackend(BaseBackend):
 
     def set_decoding(self, decoding: str | SpeculationConfig | None) -> None:
         """Switch the decoding mode (only while idle); the model and its cache stay."""
-        from ..decoding.batched import BatchDecoder, SpeculationConfig
-
         if self.decoder.has_work:
             raise BackendError("cannot switch the decoding mode while requests are running")
+        # A new decoder allocates its cache: torch work, so on the torch thread.
+        self.decoder = on_torch_thread(
+            lambda: self._new_decoder(decoding, self.decoder.max_batch_size)
+        )
+
+    def _new_decoder(
+        self, decoding: str | SpeculationConfig | None, max_batch_size: int
+    ) -> BatchDecoder:
+        from ..decoding.batched import BatchDecoder, SpeculationConfig
+
         if isinstance(decoding, str):
             try:
                 decoding = SpeculationConfig(mode=decoding)  # type: ignore[arg-type]
             except ValueError as exc:
                 raise ConfigurationError(str(exc)) from exc
-        # A new decoder allocates its cache: torch work, so on the torch thread.
-        self.decoder = on_torch_thread(
-            lambda: BatchDecoder(
-                self._model, max_batch_size=self.decoder.max_batch_size, speculation=decoding
-            )
+        heads = self._draft_heads(decoding.mode) if decoding and decoding.uses_heads else None
+        return BatchDecoder(
+            self._model, max_batch_size=max_batch_size, speculation=decoding, heads=heads
         )
+
+    def _draft_heads(self, kind: str) -> DraftHeads:
+        """The heads for ``decoding=kind``: those passed as ``heads=``, else the ones
+        bundled for this model (loaded once per kind)."""
+        from ..decoding.heads import bundled_heads
+
+        if kind in self._heads:
+            return self._heads[kind]
+        source = self._heads_source
+        if source is None:
+            source = bundled_heads(self.model, kind)
+            if source is None:
+                raise ConfigurationError(
+                    f"decoding={kind!r} needs draft heads trained for {self.model!r}, and none "
+                    f"are bundled for it: train them with `sotflow train-heads --model "
+                    f"{self.model} --questions FILE --kind {kind} -o heads.safetensors` and "
+                    "pass heads='heads.safetensors'"
+                )
+        heads = self._load_heads(source)
+        if heads.kind != kind:
+            raise ConfigurationError(
+                f"decoding={kind!r} got {heads.kind} heads; pass decoding={heads.kind!r}"
+            )
+        self._heads[kind] = heads
+        return heads
+
+    def _load_heads(self, source: str | os.PathLike[str] | DraftHeads) -> DraftHeads:
+        from ..decoding.heads import DraftHeads, load_heads
+
+        if isinstance(source, DraftHeads):
+            return source
+        try:
+            return load_heads(source, self._model)
+        except (OSError, ValueError) as exc:
+            raise ConfigurationError(str(exc)) from exc
 
     def reset_stats(self) -> None:
         from ..decoding.batched import DecoderStats

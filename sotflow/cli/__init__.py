@@ -1,4 +1,4 @@
-"""The ``sotflow`` command: ask, batch, route, bench, serve, train-router.
+"""The ``sotflow`` command: ask, batch, route, bench, serve, train-router, train-heads.
 
 Exit codes: 0 all answered; 1 some items failed (all recorded); 2 usage or
 configuration error; 130 interrupted (what finished is written; --resume continues).
@@ -343,6 +343,12 @@ def cmd_train_router(args: argparse.Namespace, rest: list[str]) -> int:
     return int(train_main(rest) or 0)
 
 
+def cmd_train_heads(args: argparse.Namespace, rest: list[str]) -> int:
+    from .train_heads import main as train_main
+
+    return train_main(rest)
+
+
 # -- the parser ------------------------------------------------------------------------
 
 
@@ -397,14 +403,26 @@ def build_parser() -> argparse.ArgumentParser:
         help="train the embedding router on labelled JSONL (see --help)",
         add_help=False,
     )
+    sub.add_parser(
+        "train-heads",
+        help="train Medusa/Cerberus draft heads for a local model (see --help)",
+        add_help=False,
+    )
     return parser
 
 
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
-    if argv[:1] == ["train-router"]:
-        sys.exit(cmd_train_router(argparse.Namespace(), argv[1:]))
+    trainers = {"train-router": cmd_train_router, "train-heads": cmd_train_heads}
+    if argv[:1] and argv[0] in trainers:
+        # Each trainer owns its whole command line (its own parser and --help).
+        try:
+            code = trainers[argv[0]](argparse.Namespace(), argv[1:])
+        except (ConfigurationError, FileNotFoundError, ValueError) as exc:
+            print(f"sotflow: error: {exc}", file=sys.stderr)
+            code = EXIT_USAGE
+        sys.exit(code)
     args = parser.parse_args(argv)
     args.argv = argv
     commands = {

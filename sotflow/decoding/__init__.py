@@ -8,7 +8,8 @@
     prompt_lookup   candidates copied from earlier in the context
     jacobi          the previous step's own guesses as a candidate
     lookahead       the 2D Jacobi window and its n-gram pool (Fu et al., 2024)
-    heads           the seam for trained draft heads (Medusa, Cerberus)
+    heads           trained draft heads (Medusa, Cerberus): proposals from hidden states
+    head_training   self-distillation of draft heads on the model's own greedy output
     batched         the continuous-batching decoder that ties all of the above together
     threads         the one thread that runs all torch work (one OpenMP team per process)
 

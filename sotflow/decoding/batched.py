@@ -26,13 +26,14 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
 
 from .forward import DecoderModel, block_mask
+from .heads import DraftHeads
 from .jacobi import JacobiGuess
 from .lookahead import LookaheadWindow, NgramPool, window_layout
 from .prompt_lookup import NgramIndex
@@ -49,8 +50,18 @@ __all__ = [
     "SpeculationConfig",
 ]
 
-DecodeMode = Literal["plain", "prompt_lookup", "jacobi", "lookahead", "hybrid"]
-DECODE_MODES: tuple[DecodeMode, ...] = ("plain", "prompt_lookup", "jacobi", "lookahead", "hybrid")
+DecodeMode = Literal[
+    "plain", "prompt_lookup", "jacobi", "lookahead", "hybrid", "medusa", "cerberus"
+]
+DECODE_MODES: tuple[DecodeMode, ...] = (
+    "plain",
+    "prompt_lookup",
+    "jacobi",
+    "lookahead",
+    "hybrid",
+    "medusa",
+    "cerberus",
+)
 FinishReason = Literal["stop", "length"]
 
 
@@ -58,7 +69,8 @@ FinishReason = Literal["stop", "length"]
 class SpeculationConfig:
     """How plain-greedy rows propose tokens. Sampled rows always take one token a step.
 
-    ``hybrid`` is lookahead plus prompt-lookup candidates in the same tree.
+    ``hybrid`` is lookahead plus prompt-lookup candidates in the same tree; ``medusa``
+    and ``cerberus`` are trained draft heads (``heads.py``) plus prompt-lookup candidates.
 
     The default is ``prompt_lookup``, chosen by measurement on 2 shared CPU cores with
     SmolLM2-135M in float32 (``benchmarks/results/local_decoding.json``): it proposes
@@ -85,6 +97,8 @@ class SpeculationConfig:
     """Single-token matches are mostly wrong, and on a CPU every proposed token costs."""
     lookup_candidates: int = 1
     jacobi_tokens: int = 6
+    head_nodes: int = 10
+    """Draft heads: tree nodes proposed per row and step."""
     max_block: int = 32
     """Most tokens one row may run in one step (current token included)."""
     step_budget: int = 16
@@ -110,7 +124,11 @@ class SpeculationConfig:
 
     @property
     def uses_lookup(self) -> bool:
-        return self.mode in ("prompt_lookup", "hybrid")
+        return self.mode in ("prompt_lookup", "hybrid", "medusa", "cerberus")
+
+    @property
+    def uses_heads(self) -> bool:
+        return self.mode in ("medusa", "cerberus")
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,6 +217,10 @@ class _Row:
         self.pool: NgramPool | None = None
         self.window: LookaheadWindow | None = None
         self.jacobi: JacobiGuess | None = None
+        self.head_candidates: list[list[int]] = []
+        """What the draft heads guessed after the current token (set after each step)."""
+        self.last_node = 0
+        """The block index of the last accepted token: where the heads read the hidden state."""
         if not self.speculative:
             return
         if config.uses_lookup:
@@ -250,18 +272,34 @@ class BatchDecoder:
         max_batch_size: int = 16,
         speculation: SpeculationConfig | None = None,
         prefill_chunk: int = 1024,
+        heads: DraftHeads | None = None,
     ) -> None:
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size must be at least 1, got {max_batch_size}")
         self.model = model
         self.max_batch_size = max_batch_size
         self.config = speculation or SpeculationConfig()
+        if self.config.uses_heads:
+            if heads is None:
+                raise ValueError(
+                    f"decoding mode {self.config.mode!r} needs trained draft heads; "
+                    "train them with `sotflow train-heads`"
+                )
+            if heads.kind != self.config.mode:
+                raise ValueError(
+                    f"decoding mode {self.config.mode!r} got {heads.kind} heads; "
+                    f"use decoding={heads.kind!r} or heads of kind {self.config.mode!r}"
+                )
+        self.heads = heads if self.config.uses_heads else None
         self.prefill_chunk = prefill_chunk
         self.device = model.device
         self.cache = model.new_cache(rows=1, capacity=256)
         # Scratch room past the context: a block may be written after a row's last position.
         self.cache.max_capacity = model.max_positions + self.config.max_block + 1
         self.stats = DecoderStats()
+        self.on_leave: Callable[[Sequence[int], int], None] | None = None
+        """Called with ``(tokens, prompt_len)`` of every sequence that leaves the batch
+        (finished or cancelled): what draft-head training records as its corpus."""
         self._rows: list[_Row] = []
         self._pending: list[tuple[int, SequenceRequest, int]] = []
         self._cancelled: set[int] = set()
@@ -333,6 +371,8 @@ class BatchDecoder:
 
     def _remove(self, rows: list[_Row]) -> None:
         for row in sorted(rows, key=lambda r: r.slot, reverse=True):
+            if self.on_leave is not None:
+                self.on_leave(row.tokens, row.prompt_len)
             moved = self.cache.remove_row(row.slot)
             last = self._rows.pop()
             if moved is not None:
@@ -461,6 +501,7 @@ class BatchDecoder:
         candidates: list[list[int]] = []
         if row.lookup is not None:
             candidates += row.lookup.candidates(config.lookup_tokens, config.lookup_candidates)
+        candidates += row.head_candidates
         if row.pool is not None:
             candidates += row.pool.get(root, config.pool_candidates)
         if row.jacobi is not None:
@@ -524,16 +565,17 @@ class BatchDecoder:
         logits_at = torch.zeros((B, K), dtype=torch.long)
         for b, idx in enumerate(needed):
             logits_at[b, : len(idx)] = torch.tensor(idx)
-        logits = self.model.forward(
+        hidden = self.model.hidden(
             tokens.to(self.device),
             positions.to(self.device),
             self.cache,
             row_start=0,
             write_start=write_start,
             mask=mask.to(self.device),
-            logits_at=logits_at.to(self.device) if K < T else None,
+            hidden_at=logits_at.to(self.device) if K < T else None,
         )
-        assert logits is not None
+        assert hidden is not None
+        logits = self.model.logits(hidden)  # [B, K, V]
         argmax = logits.argmax(-1).tolist()  # [B, K]
         predicted = []
         for b, idx in enumerate(needed):
@@ -548,6 +590,8 @@ class BatchDecoder:
             updates.append(update)
             if update.finish_reason is not None:
                 finished.append(row)
+        if self.heads is not None:
+            self._draft(rows, hidden, logits, finished)
         self._remove(finished)
         stats = self.stats
         stats.decode_steps += 1
@@ -555,6 +599,26 @@ class BatchDecoder:
         stats.step_tokens += B * T
         stats.decode_seconds += time.perf_counter() - start
         return updates
+
+    def _draft(
+        self,
+        rows: list[_Row],
+        hidden: torch.Tensor,  # [B, K, C]
+        logits: torch.Tensor,  # [B, K, V]
+        finished: list[_Row],
+    ) -> None:
+        """Let the draft heads guess what follows each greedy row's new current token."""
+        assert self.heads is not None
+        done = {id(r) for r in finished}
+        live = [(b, r) for b, r in enumerate(rows) if r.speculative and id(r) not in done]
+        if not live:
+            return
+        at = torch.tensor([[b, r.last_node] for b, r in live], device=hidden.device)
+        h = hidden[at[:, 0], at[:, 1]]  # [N, C]
+        gated = self.heads.entropy_gated(logits[at[:, 0], at[:, 1]])
+        proposals = self.heads.propose(h, [r.tokens[-1] for _, r in live], self.config.head_nodes)
+        for (_, row), paths, skip in zip(live, proposals, gated, strict=True):
+            row.head_candidates = [] if skip else paths
 
     def _advance(
         self,
@@ -568,6 +632,7 @@ class BatchDecoder:
         if row.speculative:
             n = len(block.tree)
             path, bonus = accept(block.tree, predicted[:n])
+            row.last_node = path[-1]
             new = [block.tree.tokens[i] for i in path[1:]] + [bonus]
             if block.window_size and row.window is not None and row.pool is not None:
                 row.window.update(predicted[n : n + block.window_size], row.pool)
@@ -603,5 +668,6 @@ class BatchDecoder:
             self.cache.commit(row.slot, start, path)
             row.extend(new, self.config.ngram)
         else:
+            row.tokens.extend(kept)  # the row leaves now; only ``on_leave`` sees these
             row.generated += len(kept)
         return SequenceUpdate(row.seq_id, kept, logprobs, finish)

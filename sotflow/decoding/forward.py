@@ -221,6 +221,37 @@ class DecoderModel:
         Row ``b``'s block is written to cache indices ``write_start[b] .. +T-1``; keys
         ``0 .. S-1`` are read. Returns logits ``[B, T, V]`` (or ``[B, K, V]``).
         """
+        hidden = self.hidden(
+            tokens,
+            positions,
+            cache,
+            row_start=row_start,
+            write_start=write_start,
+            mask=mask,
+            hidden_at=logits_at,
+            compute=compute_logits,
+        )
+        return None if hidden is None else self.lm_head(hidden)
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The vocabulary projection of final hidden states: ``[..., C] -> [..., V]``."""
+        return self.lm_head(hidden)
+
+    def hidden(
+        self,
+        tokens: torch.Tensor,  # [B, T]
+        positions: torch.Tensor,  # [B, T]
+        cache: KVCache,
+        *,
+        row_start: int,
+        write_start: list[int],
+        mask: torch.Tensor,  # [B, 1, T, S] bool, True = may attend
+        hidden_at: torch.Tensor | None = None,  # [B, K] indices into T, or None for all
+        compute: bool = True,
+    ) -> torch.Tensor | None:
+        """Like ``forward``, but returns the final (normed) hidden states ``[B, T|K, C]``:
+        what the vocabulary projection and draft heads read. ``compute=False`` only
+        fills the cache."""
         B, T = tokens.shape
         S = mask.shape[-1]
         H, Hkv, D = self.n_heads, self.n_kv_heads, self.head_dim
@@ -275,12 +306,11 @@ class DecoderModel:
             else:
                 gate, up = parts
             x = x + layer.down(F.silu(gate) * up)
-        if not compute_logits:
+        if not compute:
             return None
-        if logits_at is not None:
-            x = x.gather(1, logits_at[..., None].expand(-1, -1, x.shape[-1]))  # [B, K, C]
-        x = self._rms(x, self.norm)
-        return self.lm_head(x)  # [B, T|K, V]
+        if hidden_at is not None:
+            x = x.gather(1, hidden_at[..., None].expand(-1, -1, x.shape[-1]))  # [B, K, C]
+        return self._rms(x, self.norm)  # [B, T|K, C]
 
 
 def block_mask(

@@ -1,7 +1,7 @@
 """Candidate continuations as a token tree, and greedy acceptance along it.
 
-Every multi-token decoder here (prompt lookup, Jacobi, lookahead's n-gram pool, and
-later Medusa/Cerberus heads) only *proposes* sequences that follow the current token.
+Every multi-token decoder here (prompt lookup, Jacobi, lookahead's n-gram pool,
+Medusa/Cerberus heads) only *proposes* sequences that follow the current token.
 They are merged into one trie, run in one forward with a tree mask (a node sees its
 ancestors and itself; its position is its depth), and the longest path whose every
 token equals the model's own argmax at its parent is accepted, plus the model's next

@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import anyio
 import pytest
@@ -12,6 +13,8 @@ import torch
 
 from sotflow.backends.local import LocalBackend, LocalModelError
 from sotflow.decoding import model_loading
+from sotflow.decoding.head_training import Corpus, train_heads
+from sotflow.decoding.heads import save_heads
 from sotflow.decoding.testing import byte_tokenizer, reference_greedy, tiny_llama
 from sotflow.errors import BackendError, BadRequestError, ConfigurationError
 from sotflow.types import Completion, Delta, Message, Request
@@ -243,13 +246,47 @@ def test_conversation_ending_with_assistant_gets_a_new_turn(backend: LocalBacken
 def test_unknown_decoding_mode_and_architecture(parts: tuple[object, object]) -> None:
     model, tokenizer = parts
     with pytest.raises(ConfigurationError, match="decoding mode"):
-        LocalBackend.from_model(model, tokenizer, decoding="medusa")
+        LocalBackend.from_model(model, tokenizer, decoding="eagle")
 
     class Other:
         config = type("C", (), {"model_type": "gpt2"})()
 
     with pytest.raises(ConfigurationError, match="gpt2"):
         LocalBackend.from_model(Other(), tokenizer)
+
+
+def test_heads_without_a_file_say_how_to_train_them(parts: tuple[object, object]) -> None:
+    model, tokenizer = parts
+    with pytest.raises(ConfigurationError, match="sotflow train-heads --model tiny"):
+        LocalBackend.from_model(model, tokenizer, name="tiny", decoding="cerberus")
+    with pytest.raises(ConfigurationError, match="no draft heads at"):
+        LocalBackend.from_model(model, tokenizer, heads="/nowhere/heads.safetensors")
+
+
+@pytest.mark.anyio
+async def test_a_heads_file_sets_the_mode_and_output_stays_greedy(
+    parts: tuple[object, object], tmp_path: Path
+) -> None:
+    model, tokenizer = parts
+    plain = LocalBackend.from_model(model, tokenizer, name="tiny", decoding="plain")
+    requests = [Request.of(q, max_tokens=30, temperature=0) for q in QUESTIONS]
+    recorded: list[tuple[list[int], int]] = []
+    plain.decoder.on_leave = lambda tokens, n: recorded.append((list(tokens), n))
+    async with anyio.create_task_group() as tg:
+        for r in requests:
+            tg.start_soon(plain.complete, r)
+    assert len(recorded) == len(requests)
+    heads, _ = train_heads(plain.decoder.model, Corpus.of(recorded), kind="medusa", epochs=2)
+    path = tmp_path / "tiny-medusa.safetensors"
+    save_heads(heads, path)
+
+    backend = LocalBackend.from_model(model, tokenizer, name="tiny", heads=str(path))
+    assert backend.stats["mode"] == "medusa"
+    for request in requests:
+        completion = await backend.complete(request)
+        assert completion.text == hf_text(backend, request)[0]
+    with pytest.raises(ConfigurationError, match="decoding='medusa'"):
+        LocalBackend.from_model(model, tokenizer, decoding="cerberus", heads=str(path))
 
 
 def test_missing_alias_package_names_the_install_command(monkeypatch: pytest.MonkeyPatch) -> None:

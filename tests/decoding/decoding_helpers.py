@@ -6,6 +6,8 @@ import torch
 
 from sotflow.decoding.batched import BatchDecoder, SequenceRequest, SpeculationConfig
 from sotflow.decoding.forward import DecoderModel
+from sotflow.decoding.head_training import Corpus, train_heads
+from sotflow.decoding.heads import DraftHeads
 
 
 def prompts(count: int, length: int = 12, seed: int = 0, vocab: int = 250) -> list[list[int]]:
@@ -56,10 +58,34 @@ def decode_all(
     return tokens, finish
 
 
+def greedy_corpus(model: DecoderModel, count: int = 24, n: int = 60, seed: int = 101) -> Corpus:
+    """The model's own greedy continuations of random prompts, recorded as a corpus."""
+    recorded: list[tuple[list[int], int]] = []
+    dec = BatchDecoder(model, speculation=SpeculationConfig(mode="plain"))
+    dec.on_leave = lambda tokens, k: recorded.append((list(tokens), k))
+    decode_all(dec, [SequenceRequest(p, n) for p in prompts(count, seed=seed)])
+    return Corpus.of(recorded)
+
+
+_HEADS: dict[tuple[int, str], DraftHeads] = {}
+
+
+def trained_heads(model: DecoderModel, kind: str) -> DraftHeads:
+    """Heads self-distilled on the model (once per model and kind): right often enough
+    that proposals are accepted, partly and wholly, so every acceptance path is taken."""
+    key = (id(model), kind)
+    if key not in _HEADS:
+        heads, _ = train_heads(model, greedy_corpus(model), kind=kind, epochs=8, lr=3e-3)  # type: ignore[arg-type]
+        _HEADS[key] = heads
+    return _HEADS[key]
+
+
 def decoder(model: DecoderModel, mode: str = "plain", **kwargs: object) -> BatchDecoder:
     batch = kwargs.pop("max_batch_size", 16)
+    config = SpeculationConfig(mode=mode, **kwargs)  # type: ignore[arg-type]
     return BatchDecoder(
         model,
         max_batch_size=batch,  # type: ignore[arg-type]
-        speculation=SpeculationConfig(mode=mode, **kwargs),  # type: ignore[arg-type]
+        speculation=config,
+        heads=trained_heads(model, mode) if config.uses_heads else None,
     )

@@ -50,7 +50,7 @@ def test_outputs_differ_across_prompts(tiny_varied: DecoderModel) -> None:
     assert len(outs) >= 5
 
 
-@pytest.mark.parametrize("mode", ["plain", "hybrid"])
+@pytest.mark.parametrize("mode", ["plain", "hybrid", "medusa", "cerberus"])
 def test_batch_equals_each_row_alone(tiny_varied: DecoderModel, mode: str) -> None:
     ps = prompts(6, seed=5)  # different lengths: rows are written at different offsets
     alone = [decode_all(decoder(tiny_varied, mode), [greedy(p, 24)])[0][0] for p in ps]
@@ -60,7 +60,7 @@ def test_batch_equals_each_row_alone(tiny_varied: DecoderModel, mode: str) -> No
     assert alone[0] == hf_greedy(tiny_varied, ps[0], 24)
 
 
-@pytest.mark.parametrize("mode", ["plain", "lookahead", "hybrid"])
+@pytest.mark.parametrize("mode", ["plain", "lookahead", "hybrid", "medusa"])
 def test_staggered_arrivals_equal_alone(tiny_varied: DecoderModel, mode: str) -> None:
     ps = prompts(5, seed=7)
     lengths = [10, 30, 5, 18, 25]
@@ -73,7 +73,7 @@ def test_staggered_arrivals_equal_alone(tiny_varied: DecoderModel, mode: str) ->
     assert [len(g) for g in got] == lengths
 
 
-@pytest.mark.parametrize("mode", ["plain", "hybrid"])
+@pytest.mark.parametrize("mode", ["plain", "hybrid", "cerberus"])
 def test_shared_prefix_is_computed_once_and_changes_nothing(
     tiny_varied: DecoderModel, mode: str
 ) -> None:
