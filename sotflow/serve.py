@@ -384,7 +384,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", default=None, help="float32 (default), bfloat16, float16")
     parser.add_argument("--max-batch-size", type=int, default=16)
     parser.add_argument(
-        "--decoding", default=None, help="plain, prompt_lookup, jacobi, lookahead, hybrid"
+        "--decoding",
+        default=None,
+        help="plain, prompt_lookup (default), jacobi, lookahead, hybrid, medusa, cerberus",
+    )
+    parser.add_argument(
+        "--heads", default=None, help="draft heads file for medusa/cerberus (sotflow train-heads)"
     )
 
 
@@ -401,6 +406,7 @@ def run(args: argparse.Namespace) -> int:
             dtype=args.dtype,
             max_batch_size=args.max_batch_size,
             decoding=args.decoding,
+            heads=args.heads,
         )
     except ConfigurationError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -73,6 +73,13 @@ def add_backend_options(parser: argparse.ArgumentParser) -> None:
         "--device", default="auto", help="local backend: cpu, cuda, ... (default auto)"
     )
     group.add_argument("--dtype", default=None, help="local backend: float32, bfloat16, float16")
+    group.add_argument(
+        "--decoding",
+        default=None,
+        help="local backend: plain, prompt_lookup (default), jacobi, lookahead, hybrid, "
+        "medusa, cerberus",
+    )
+    group.add_argument("--heads", default=None, help="local backend: a draft heads file")
 
 
 def add_run_options(parser: argparse.ArgumentParser, *, default_strategy: str = "auto") -> None:
@@ -169,6 +176,8 @@ def make_backend(args: argparse.Namespace, *, concurrency: int | None = None) ->
         model=args.model or os.environ.get("SOTFLOW_MODEL") or "smollm2",
         device=args.device,
         dtype=args.dtype,
+        decoding=getattr(args, "decoding", None),
+        heads=getattr(args, "heads", None),
         **limits,
     )
 

@@ -27,7 +27,7 @@ from ..errors import ConfigurationError
 from .options import positive_float, positive_int
 from .records import read_items
 
-__all__ = ["main"]
+__all__ = ["main", "read_corpus"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -51,6 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--top-k", type=positive_int, default=4, help="children per tree node")
     ap.add_argument("--no-token", action="store_true", help="heads read the hidden state only")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--report", help="also write the training report here (JSON)")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--dtype", default=None)
     return ap
@@ -60,7 +61,7 @@ def _say(text: str) -> None:
     print(f"sotflow: {text}", file=sys.stderr, flush=True)
 
 
-def _read_corpus(path: Path) -> tuple[list[tuple[list[int], int]], dict[str, Any]]:
+def read_corpus(path: Path) -> tuple[list[tuple[list[int], int]], dict[str, Any]]:
     """The corpus's sequences and the record of where they came from (its first line)."""
     items = []
     record: dict[str, Any] = {}
@@ -102,7 +103,9 @@ def _record_corpus(backend: Any, questions: list[str], args: argparse.Namespace)
         )
 
     async def run() -> None:
-        async with Engine(backend) as engine:
+        # No per-attempt timeout: on a CPU a batch of long answers can take minutes, and
+        # a retried answer would only be recorded twice.
+        async with Engine(backend, timeout=None) as engine:
             for strategy in strategies:
                 began = time.perf_counter()
                 answers = await engine.batch(strategy, questions, concurrency=16)
@@ -135,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     items: list[tuple[list[int], int]] | None = None
     questions: list[str] = []
     if corpus_path and corpus_path.is_file():
-        items, data = _read_corpus(corpus_path)
+        items, data = read_corpus(corpus_path)
         data["corpus_file"] = corpus_path.name
         _say(f"read {len(items)} sequences from {corpus_path}")
     else:
@@ -179,6 +182,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     report["data"] = data
     save_heads(heads, args.output, report)
+    if args.report:
+        Path(args.report).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     held = report["held_out"]
     _say(
         f"wrote {args.kind} heads to {args.output}: held-out top-1 accuracy per head "

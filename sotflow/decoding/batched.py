@@ -97,8 +97,11 @@ class SpeculationConfig:
     """Single-token matches are mostly wrong, and on a CPU every proposed token costs."""
     lookup_candidates: int = 1
     jacobi_tokens: int = 6
-    head_nodes: int = 10
-    """Draft heads: tree nodes proposed per row and step."""
+    head_nodes: int = 4
+    """Draft heads: tree nodes proposed per row and step. Measured on 2 CPU cores with
+    SmolLM2 (``benchmarks/results/local_decoding.json``): 4 nodes accept 1.62 tokens a
+    step and 10 nodes 1.73, but there a block of 11 tokens costs ~1.3x a block of 5;
+    where extra tokens are nearly free (GPUs) raise it."""
     max_block: int = 32
     """Most tokens one row may run in one step (current token included)."""
     step_budget: int = 16

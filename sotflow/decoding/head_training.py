@@ -27,7 +27,15 @@ import torch.nn.functional as F
 from .forward import DecoderModel, block_mask
 from .heads import DraftHeads, HeadKind, HeadsSpec
 
-__all__ = ["Corpus", "HeadData", "features", "head_vocabulary", "train_heads"]
+__all__ = [
+    "Corpus",
+    "HeadData",
+    "Prepared",
+    "features",
+    "head_vocabulary",
+    "prepare",
+    "train_heads",
+]
 
 IGNORE = -100
 """A target past the end of its sequence: neither trained on nor scored."""
@@ -202,9 +210,45 @@ def choose_gate(data: HeadData, first_hit: torch.Tensor, min_yield: float = 0.1)
     return None if gate is None else round(gate, 3)
 
 
-def train_heads(
+@dataclass(slots=True)
+class Prepared:
+    """A corpus turned into training material: the split, the head vocabulary, features."""
+
+    train: HeadData
+    held: HeadData
+    vocab: tuple[int, ...]
+    num_heads: int
+    sequences: int
+    generated_tokens: int
+
+
+def prepare(
     model: DecoderModel,
     corpus: Corpus,
+    *,
+    num_heads: int = 3,
+    max_vocab: int = 8192,
+    holdout: float = 0.1,
+) -> Prepared:
+    """Split ``corpus`` (the last ``holdout`` share held out), choose the head vocabulary
+    from the training part, and compute the features of both parts."""
+    if len(corpus.sequences) < 2:
+        raise ValueError("the corpus needs at least two sequences (one is held out)")
+    train_part, held_part = corpus.split(holdout)
+    vocab = head_vocabulary(train_part, max_vocab)
+    return Prepared(
+        train=features(model, train_part, vocab, num_heads),
+        held=features(model, held_part, vocab, num_heads),
+        vocab=vocab,
+        num_heads=num_heads,
+        sequences=len(corpus.sequences),
+        generated_tokens=corpus.generated_tokens,
+    )
+
+
+def train_heads(
+    model: DecoderModel,
+    corpus: Corpus | Prepared,
     *,
     kind: HeadKind = "medusa",
     num_heads: int = 3,
@@ -218,22 +262,23 @@ def train_heads(
     seed: int = 0,
     log: Callable[[str], None] | None = None,
 ) -> tuple[DraftHeads, dict[str, Any]]:
-    """Train heads on ``corpus``; returns them and a report (settings, data, accuracy)."""
-    if len(corpus.sequences) < 2:
-        raise ValueError("the corpus needs at least two sequences (one is held out)")
+    """Train heads on ``corpus`` (or on features already ``prepare``d from one, whose
+    head count and vocabulary then win); returns them and a report (settings, data,
+    held-out accuracy)."""
     say = log or (lambda _: None)
     began = time.perf_counter()
-    train_part, held_part = corpus.split(holdout)
-    vocab = head_vocabulary(train_part, max_vocab)
-    spec = HeadsSpec(kind, num_heads, model.hidden_size, vocab, sees_token, top_k=top_k)
-    torch.manual_seed(seed)
-    heads = DraftHeads(spec, model).float()
-    train = features(model, train_part, vocab, num_heads)
-    held = features(model, held_part, vocab, num_heads)
+    if isinstance(corpus, Corpus):
+        data = prepare(model, corpus, num_heads=num_heads, max_vocab=max_vocab, holdout=holdout)
+    else:
+        data = corpus
+    train, held, vocab, num_heads = data.train, data.held, data.vocab, data.num_heads
     say(
         f"features: {len(train)} training and {len(held)} held-out positions, "
         f"head vocabulary {len(vocab)} ({time.perf_counter() - began:.0f} s)"
     )
+    spec = HeadsSpec(kind, num_heads, model.hidden_size, vocab, sees_token, top_k=top_k)
+    torch.manual_seed(seed)
+    heads = DraftHeads(spec, model).float()
     trainable = [p for p in heads.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=lr, weight_decay=0.0)
     steps = epochs * math.ceil(len(train) / batch_size)
@@ -292,8 +337,8 @@ def train_heads(
         "lr": lr,
         "batch_size": batch_size,
         "seed": seed,
-        "sequences": len(corpus.sequences),
-        "generated_tokens": corpus.generated_tokens,
+        "sequences": data.sequences,
+        "generated_tokens": data.generated_tokens,
         "train_positions": len(train),
         "held_out_positions": len(held),
         "held_out": {k: v for k, v in best[2].items() if not k.startswith("_")},

@@ -95,3 +95,27 @@ async def test_concurrent_point_expansions_equal_sequential(smollm2: LocalBacken
     assert stats["max_batch"] == 3
     # The shared system + question + skeleton prefix was computed once, copied twice.
     assert stats["shared_prefix_tokens"] >= 2 * 40
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("kind", ["medusa", "cerberus"])
+async def test_bundled_heads_are_exact_and_accept_several_tokens_a_step(
+    smollm2: LocalBackend, kind: str
+) -> None:
+    # Questions the heads never saw (they trained on data/router/train.jsonl only).
+    questions = ["Explain how a bicycle works.", "Give me three tips for staying healthy."]
+    smollm2.set_decoding(kind)
+    try:
+        smollm2.reset_stats()
+        for question in questions:
+            request = Request.of(question, max_tokens=40, temperature=0)
+            completion = await smollm2.complete(request)
+            assert completion.text == generate_text(smollm2, request)
+        stats = smollm2.stats
+        assert stats["mode"] == kind
+        # Prompt lookup alone gains ~1.02 tokens a step on such answers; the heads ~1.6.
+        assert stats["tokens_per_row_step"] > 1.3, stats
+        heads = smollm2.decoder.heads
+        assert heads is not None and heads.info["data"]["questions_file"] == "train.jsonl"
+    finally:
+        smollm2.set_decoding(None)

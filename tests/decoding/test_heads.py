@@ -10,7 +10,13 @@ from decoding_helpers import decode_all, decoder, greedy_corpus, hf_greedy, prom
 
 from sotflow.decoding.batched import BatchDecoder, SequenceRequest, SpeculationConfig
 from sotflow.decoding.forward import DecoderModel
-from sotflow.decoding.head_training import Corpus, features, head_vocabulary, train_heads
+from sotflow.decoding.head_training import (
+    Corpus,
+    features,
+    head_vocabulary,
+    prepare,
+    train_heads,
+)
 from sotflow.decoding.heads import DraftHeads, HeadsSpec, best_paths, load_heads, save_heads
 from sotflow.decoding.testing import tiny_llama
 
@@ -151,3 +157,16 @@ def test_the_corpus_records_what_the_decoder_produced(tiny: DecoderModel) -> Non
     assert len(corpus.sequences) == 3
     for tokens, n in corpus.sequences:
         assert list(tokens[n:]) == hf_greedy(tiny, list(tokens[:n]), 10)
+
+
+def test_prepared_features_train_the_same_heads_as_the_corpus(tiny: DecoderModel) -> None:
+    corpus = counting_corpus(20)
+    _, direct = train_heads(tiny, corpus, epochs=2, batch_size=64)
+    prepared = prepare(tiny, corpus)
+    _, first = train_heads(tiny, prepared, epochs=2, batch_size=64)
+    _, again = train_heads(tiny, prepared, kind="cerberus", epochs=2, batch_size=64)
+    assert first["held_out"] == direct["held_out"]
+    assert first["sequences"] == 20 and first["generated_tokens"] == corpus.generated_tokens
+    assert (
+        again["kind"] == "cerberus" and again["held_out_positions"] == first["held_out_positions"]
+    )
