@@ -12,7 +12,8 @@ boundary. A failure inside a step fails every request in the batch with a
 ``LocalModelError`` and resets the decoder, so nothing hangs.
 
 Greedy rows decode several tokens per step where the decoding mode finds candidates
-(``decoding="prompt_lookup"`` by default; also ``plain``, ``jacobi``, ``lookahead``,
+(by default ``cerberus`` where sotflow bundles draft heads for the model, measured the
+fastest; ``prompt_lookup`` otherwise; also ``medusa``, ``plain``, ``jacobi``, ``lookahead``,
 ``hybrid``); the output is always exactly plain greedy's. ``stats`` returns the
 decoder's counters as data.
 
@@ -42,6 +43,10 @@ if TYPE_CHECKING:
     from ..decoding.sampling import SamplingConfig
 
 __all__ = ["DEFAULT_MAX_TOKENS", "LocalBackend", "LocalModelError"]
+
+DEFAULT_HEADS = "cerberus"
+"""The decoding mode for models with bundled heads: the fastest one measured with SmolLM2
+on a CPU (``benchmarks/results/local_decoding.json``); output is greedy's either way."""
 
 DEFAULT_MAX_TOKENS = 1024
 """Completion length when a request sets no ``max_tokens`` (the context still caps it)."""
@@ -211,9 +216,6 @@ class LocalBackend(BaseBackend):
         self.default_max_tokens = default_max_tokens
         self._heads_source = heads
         self._heads: dict[str, DraftHeads] = {}
-        if heads is not None and decoding is None:
-            # Heads given without a mode: decode with them, as their kind says.
-            decoding = self._load_heads(heads).kind
         self.decoder: BatchDecoder = self._new_decoder(decoding, max_batch_size)
         self._eos = self._eos_ids(hf_model, tokenizer)
         self._jobs: dict[int, tuple[_Job, int]] = {}
@@ -479,6 +481,8 @@ class LocalBackend(BaseBackend):
     ) -> BatchDecoder:
         from ..decoding.batched import BatchDecoder, SpeculationConfig
 
+        if decoding is None:
+            decoding = self._default_mode()
         if isinstance(decoding, str):
             try:
                 decoding = SpeculationConfig(mode=decoding)  # type: ignore[arg-type]
@@ -488,6 +492,19 @@ class LocalBackend(BaseBackend):
         return BatchDecoder(
             self._model, max_batch_size=max_batch_size, speculation=decoding, heads=heads
         )
+
+    def _default_mode(self) -> str | None:
+        """Heads given without a mode decode as their kind says; a model with bundled
+        heads gets ``DEFAULT_HEADS``; anything else the decoder's default."""
+        from ..decoding.heads import bundled_heads
+
+        if self._heads_source is not None:
+            heads = self._load_heads(self._heads_source)
+            self._heads.setdefault(heads.kind, heads)
+            return heads.kind
+        if bundled_heads(self.model, DEFAULT_HEADS) is not None:
+            return DEFAULT_HEADS
+        return None
 
     def _draft_heads(self, kind: str) -> DraftHeads:
         """The heads for ``decoding=kind``: those passed as ``heads=``, else the ones

@@ -72,15 +72,16 @@ class SpeculationConfig:
     ``hybrid`` is lookahead plus prompt-lookup candidates in the same tree; ``medusa``
     and ``cerberus`` are trained draft heads (``heads.py``) plus prompt-lookup candidates.
 
-    The default is ``prompt_lookup``, chosen by measurement on 2 shared CPU cores with
-    SmolLM2-135M in float32 (``benchmarks/results/local_decoding.json``): it proposes
-    tokens only after a repeated 2-gram, so a step costs nothing extra when there is
-    nothing to copy; it tied plain decoding on open-ended answers (1.04x vs 1.05x of
-    ``generate``) and clearly won where replies copy their prompt (SoT point
-    expansions, ``benchmarks/local_concurrency.py``). Lookahead accepts more tokens per
-    step (1.37 vs 1.02) but its window makes every block ~17 tokens, which costs ~1.7x
-    a one-token step on such a CPU (0.95x of ``generate``); where extra tokens are
-    nearly free (GPUs) prefer ``lookahead`` or ``hybrid``.
+    The decoder's default is ``prompt_lookup``: it proposes tokens only after a repeated
+    2-gram, so a step costs nothing extra when there is nothing to copy, and it clearly
+    wins where replies copy their prompt (SoT point expansions,
+    ``benchmarks/local_concurrency.py``). Where trained heads exist, ``medusa`` and
+    ``cerberus`` are faster (SmolLM2 on 2 CPU cores, ``benchmarks/results/
+    local_decoding.json``: 1.35-1.37x ``generate`` vs 0.86x; ``LocalBackend`` picks
+    ``cerberus`` for models with bundled heads). Lookahead accepts more tokens per step
+    than prompt lookup (1.37 vs 1.02) but its window makes every block ~17 tokens,
+    which costs far more than a one-token step on such a CPU; where extra tokens are
+    nearly free (GPUs) ``lookahead``, ``hybrid`` and a larger ``head_nodes`` pay off.
     """
 
     mode: DecodeMode = "prompt_lookup"

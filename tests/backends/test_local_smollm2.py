@@ -119,3 +119,5 @@ async def test_bundled_heads_are_exact_and_accept_several_tokens_a_step(
         assert heads is not None and heads.info["data"]["questions_file"] == "train.jsonl"
     finally:
         smollm2.set_decoding(None)
+    # With no mode named, a model with bundled heads decodes with Cerberus heads.
+    assert smollm2.stats["mode"] == "cerberus"
