@@ -489,9 +489,12 @@ class LocalBackend(BaseBackend):
             except ValueError as exc:
                 raise ConfigurationError(str(exc)) from exc
         heads = self._draft_heads(decoding.mode) if decoding and decoding.uses_heads else None
-        return BatchDecoder(
-            self._model, max_batch_size=max_batch_size, speculation=decoding, heads=heads
-        )
+        try:  # the decoder checks that the heads' kind is the mode's
+            return BatchDecoder(
+                self._model, max_batch_size=max_batch_size, speculation=decoding, heads=heads
+            )
+        except ValueError as exc:
+            raise ConfigurationError(str(exc)) from exc
 
     def _default_mode(self) -> str | None:
         """Heads given without a mode decode as their kind says; a model with bundled
@@ -524,10 +527,6 @@ class LocalBackend(BaseBackend):
                     "pass heads='heads.safetensors'"
                 )
         heads = self._load_heads(source)
-        if heads.kind != kind:
-            raise ConfigurationError(
-                f"decoding={kind!r} got {heads.kind} heads; pass decoding={heads.kind!r}"
-            )
         self._heads[kind] = heads
         return heads
 

@@ -231,7 +231,7 @@ class DecoderModel:
             hidden_at=logits_at,
             compute=compute_logits,
         )
-        return None if hidden is None else self.lm_head(hidden)
+        return None if hidden is None else self.logits(hidden)
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """The vocabulary projection of final hidden states: ``[..., C] -> [..., V]``."""

@@ -155,9 +155,12 @@ def _loss(heads: DraftHeads, data: HeadData, rows: torch.Tensor) -> torch.Tensor
 
 
 @torch.no_grad()
-def evaluate(heads: DraftHeads, data: HeadData, batch_size: int = 2048) -> dict[str, Any]:
+def evaluate(
+    heads: DraftHeads, data: HeadData, batch_size: int = 2048
+) -> tuple[dict[str, Any], torch.Tensor]:
     """Held-out loss and each head's top-1 / top-k accuracy (over all positions: a
-    target outside the head vocabulary counts as a miss)."""
+    target outside the head vocabulary counts as a miss), and where head 1's top-1
+    guess was right (``[N]`` bool, for the entropy gate)."""
     K = heads.spec.num_heads
     k = heads.spec.top_k
     hits1, hitsk, counts = torch.zeros(K), torch.zeros(K), torch.zeros(K)
@@ -185,12 +188,12 @@ def evaluate(heads: DraftHeads, data: HeadData, batch_size: int = 2048) -> dict[
             )
             loss_sum += float(flat)
             loss_n += int(valid.sum())
-    return {
+    scores = {
         "loss": round(loss_sum / max(1, loss_n), 4),
         "top1": [round(float(h / max(c, 1)), 4) for h, c in zip(hits1, counts, strict=True)],
         f"top{k}": [round(float(h / max(c, 1)), 4) for h, c in zip(hitsk, counts, strict=True)],
-        "_first_hit": first_hit,
     }
+    return scores, first_hit
 
 
 def choose_gate(data: HeadData, first_hit: torch.Tensor, min_yield: float = 0.1) -> float | None:
@@ -286,7 +289,7 @@ def train_heads(
         optimizer, max_lr=lr, total_steps=max(1, steps), pct_start=0.1
     )
     generator = torch.Generator().manual_seed(seed)
-    best: tuple[float, dict[str, torch.Tensor], dict[str, Any]] | None = None
+    best: tuple[dict[str, torch.Tensor], dict[str, Any], torch.Tensor] | None = None
     history = []
     for epoch in range(epochs):
         heads.train()
@@ -301,29 +304,24 @@ def train_heads(
             schedule.step()
             total += float(loss.detach()) * len(rows)
         heads.eval()
-        scores = evaluate(heads, held)
-        history.append(
-            {
-                "epoch": epoch + 1,
-                "train_loss": round(total / len(train), 4),
-                **{k: v for k, v in scores.items() if not k.startswith("_")},
-            }
-        )
+        scores, first_hit = evaluate(heads, held)
+        history.append({"epoch": epoch + 1, "train_loss": round(total / len(train), 4), **scores})
         say(
             f"epoch {epoch + 1}/{epochs}: train loss {total / len(train):.3f}, held-out "
             f"loss {scores['loss']:.3f}, top-1 {scores['top1']} "
             f"({time.perf_counter() - began:.0f} s)"
         )
-        if best is None or scores["loss"] < best[0]:
+        if best is None or scores["loss"] < best[1]["loss"]:
             state = {k: v.detach().clone() for k, v in heads.state_dict().items()}
-            best = (scores["loss"], state, scores)
+            best = (state, scores, first_hit)
     assert best is not None
-    heads.load_state_dict(best[1])
-    gate = choose_gate(held, best[2]["_first_hit"]) if kind == "cerberus" else None
+    best_state, best_scores, best_hits = best
+    gate = choose_gate(held, best_hits) if kind == "cerberus" else None
+    # The spec is frozen and the gate is known only now: the kept epoch goes into new heads.
     final = DraftHeads(
         HeadsSpec(kind, num_heads, model.hidden_size, vocab, sees_token, gate, top_k), model
     )
-    final.load_state_dict({k: v.to(model.dtype) for k, v in heads.state_dict().items()})
+    final.load_state_dict({k: v.to(model.dtype) for k, v in best_state.items()})
     final.eval()
     final.requires_grad_(False)
     report = {
@@ -341,7 +339,7 @@ def train_heads(
         "generated_tokens": data.generated_tokens,
         "train_positions": len(train),
         "held_out_positions": len(held),
-        "held_out": {k: v for k, v in best[2].items() if not k.startswith("_")},
+        "held_out": best_scores,
         "history": history,
         "seconds": round(time.perf_counter() - began, 1),
     }
