@@ -175,6 +175,8 @@ class DecoderStats:
     """Prompt tokens whose cache entries were forked instead of computed."""
     preempted: int = 0
     """Rows sent back to the queue because the cache was full."""
+    compactions: int = 0
+    """Times the cache was found full and every row prefilled again into a fresh one."""
     max_batch: int = 0
     decode_seconds: float = 0.0
     prefill_seconds: float = 0.0
@@ -198,6 +200,7 @@ class DecoderStats:
             "prefill_tokens": self.prefill_tokens,
             "shared_prefix_tokens": self.shared_prefix_tokens,
             "preempted": self.preempted,
+            "compactions": self.compactions,
             "max_batch": self.max_batch,
             "decode_seconds": round(self.decode_seconds, 4),
             "prefill_seconds": round(self.prefill_seconds, 4),
@@ -340,6 +343,11 @@ class BatchDecoder:
                 f"max_batch_size {max_batch_size} is more than the runtime's "
                 f"{runtime.info.max_sequences} sequences"
             )
+        if max_batch_size > runtime.info.max_batch_tokens:
+            raise ValueError(
+                f"max_batch_size {max_batch_size} is more than the "
+                f"{runtime.info.max_batch_tokens} tokens one {runtime.info.name} step holds"
+            )
         self.runtime = runtime
         self.max_batch_size = max_batch_size
         self.config = speculation or SpeculationConfig()
@@ -356,7 +364,7 @@ class BatchDecoder:
                 )
         self.heads = heads if self.config.uses_heads else None
         self.costs = costs or BlockCosts.flat()
-        self.prefill_chunk = prefill_chunk
+        self.prefill_chunk = min(prefill_chunk, runtime.info.max_batch_tokens)
         self.stats = DecoderStats()
         self.on_leave: Callable[[Sequence[int], int], None] | None = None
         """Called with ``(tokens, prompt_len)`` of every sequence that leaves the batch
@@ -425,16 +433,24 @@ class BatchDecoder:
     def step(self) -> list[SequenceUpdate]:
         """One step boundary: leave, join, prefill, decode. Returns what each row gained."""
         self._drop_cancelled()
-        self._admit()
-        if not self._rows:
-            return []
+        limit = self.max_batch_size
+        retried = False
         while True:
             try:
-                return self._decode()
+                self._admit(limit)
+                return self._decode() if self._rows else []
             except CacheFullError:
-                if len(self._rows) <= 1:
+                # Mostly parked cells (llama.cpp frees nothing while rows live): every
+                # row goes back to the queue and is prefilled again into a fresh cache;
+                # if that is full too, with one row fewer each time.
+                live = len(self._rows)
+                for row in reversed(list(self._rows)):
+                    self._preempt(row)
+                self.stats.compactions += 1
+                if retried and (live <= 1 or limit <= 1):
                     raise
-                self._preempt(self._rows[-1])
+                limit = max(1, live - 1 if retried else live)
+                retried = True
 
     # ----------------------------------------------------------------- admission
     def _release(self, row: _Row) -> None:
@@ -468,9 +484,9 @@ class BatchDecoder:
         with self._lock:
             self._pending.insert(0, row)
 
-    def _admit(self) -> None:
+    def _admit(self, limit: int | None = None) -> None:
         with self._lock:
-            room = self.max_batch_size - len(self._rows)
+            room = min(self.max_batch_size, limit or self.max_batch_size) - len(self._rows)
             joining, self._pending = self._pending[:room], self._pending[room:]
         if not joining:
             return
@@ -504,29 +520,11 @@ class BatchDecoder:
                     self.stats.shared_prefix_tokens += best_old_len
                 first.append((row, best_old_len))
                 anchors.append(row)
-        try:
-            self._prefill(first)
-            for row, source, n in second:
-                self.runtime.fork(source.seq, row.seq, n)
-                self.stats.shared_prefix_tokens += n
-            self._prefill([(row, n) for row, _, n in second])
-        except CacheFullError:
-            # No room for them all: the newcomers wait for rows to finish. Alone, a
-            # request always fits (``submit`` bounds it by the context), so with no
-            # live rows the first newcomer is admitted on its own.
-            for row in reversed(joining):
-                self._preempt(row)
-                self.stats.preempted -= 1  # never decoded: not a preemption
-            if old:
-                return
-            with self._lock:
-                self._pending, rest = self._pending[:1], self._pending[1:]
-            try:
-                self._admit()
-            finally:
-                with self._lock:
-                    self._pending += rest
-            return
+        self._prefill(first)
+        for row, source, n in second:
+            self.runtime.fork(source.seq, row.seq, n)
+            self.stats.shared_prefix_tokens += n
+        self._prefill([(row, n) for row, _, n in second])
         self.stats.prefill_seconds += time.perf_counter() - start
         self.stats.max_batch = max(self.stats.max_batch, len(self._rows))
 
@@ -647,7 +645,10 @@ class BatchDecoder:
                 window = size
             else:
                 windowed = [False] * len(rows)
-        nodes = self._within_branches(nodes, windowed)
+        room = self.runtime.info.max_batch_tokens - len(rows)
+        if window > room // 2:  # the window yields nothing directly: drafts come first
+            window, windowed = 0, [False] * len(rows)
+        nodes = self._within_branches(nodes, windowed)[: max(0, room - window)]
         take = plan(len(rows), [(p, d) for p, d, _, _ in nodes], self.costs, fixed=window)
         chosen: list[set[tuple[int, ...]]] = [set() for _ in rows]
         for _, _, b, key in nodes[:take]:
@@ -656,7 +657,11 @@ class BatchDecoder:
         for b, row in enumerate(rows):
             paths: list[list[int]] = []
             tags: list[str] = []
-            for cand in per_row[b]:
+            # The likeliest candidate first: its nodes then come first in the block, so
+            # the usual accepted path is a contiguous run of cache cells (llama.cpp's
+            # attention sums cells in cell order; see the README on exactness).
+            ranked = sorted(per_row[b], key=lambda c: -c.chances[0])
+            for cand in ranked:
                 keep = 0
                 while keep < len(cand.path) and tuple(cand.path[: keep + 1]) in chosen[b]:
                     keep += 1

@@ -117,8 +117,10 @@ def measure(
     another process can only add time, so the minimum is the machine's own cost.
     Every token asks for logits, as a verified draft tree does.
     """
-    sizes = [n for n in sizes if n + context < runtime.info.context_length]
-    vocab = runtime.info.vocab_size
+    info = runtime.info
+    context = min(context, info.max_batch_tokens)
+    sizes = [n for n in sizes if n + context < info.context_length and n <= info.max_batch_tokens]
+    vocab = info.vocab_size
     prefix = [(7 * i + 3) % vocab for i in range(context)]
     runtime.evaluate(
         TokenBatch(

@@ -103,6 +103,7 @@ def features(
     index = np.full(runtime.info.vocab_size, OUTSIDE, dtype=np.int64)
     index[np.asarray(list(vocab), dtype=np.int64)] = np.arange(len(vocab))
     parts = []
+    chunk = min(chunk, runtime.info.max_batch_tokens)
     for seq_tokens, n in corpus.sequences:
         first, last = n - 1, len(seq_tokens) - 1  # hidden at t predicts t + 1
         hidden_rows, logit_rows = [], []

@@ -98,6 +98,8 @@ class RuntimeInfo:
     """Positions a sequence may use (prompt and completion together)."""
     max_sequences: int
     """Sequence ids ``0 .. max_sequences-1`` may be used at once."""
+    max_batch_tokens: int = 1 << 30
+    """The most tokens one evaluation may hold (llama.cpp stays exact below 64)."""
     max_branches: int = 1 << 30
     """The most tree leaves one evaluation may hold over all its sequences, counting
     only sequences whose tokens branch (a chain has no cost here)."""

@@ -48,6 +48,20 @@ def llama_cpp_reference(smollm2: LocalBackend) -> object:
     return llama_cpp.Llama(str(smollm2.loaded.source.path), n_ctx=2048, n_threads=2, verbose=False)
 
 
+@pytest.fixture(scope="session")
+def smollm2_like_llama_cpp_python(smollm2: LocalBackend) -> LocalBackend:
+    """The runtime with llama-cpp-python's default context settings (flash attention
+    off; the runtime turns it on for exactness under batching, see its docstring)."""
+    from sotflow.runtimes import LoadedRuntime
+    from sotflow.runtimes.llama_cpp.codec import LlamaCppCodec
+    from sotflow.runtimes.llama_cpp.runtime import LlamaCppRuntime
+
+    assert smollm2.loaded.source is not None
+    runtime = LlamaCppRuntime(smollm2.loaded.source.path, threads=2, flash_attention=False)
+    loaded = LoadedRuntime(runtime, LlamaCppCodec(runtime), "smollm2")
+    return LocalBackend.from_runtime(loaded, decoding="plain", max_batch_size=2)
+
+
 def llama_cpp_text(reference: object, backend: LocalBackend, request: Request) -> str:
     out = reference.create_completion(  # type: ignore[attr-defined]
         backend.encode(request), max_tokens=request.params.max_tokens, temperature=0.0
@@ -84,16 +98,54 @@ def test_the_default_runtime_is_llama_cpp_and_loads_no_torch() -> None:
 
 @pytest.mark.anyio
 async def test_plain_greedy_equals_llama_cpp_pythons_own(
-    smollm2: LocalBackend, llama_cpp_reference: object
+    smollm2_like_llama_cpp_python: LocalBackend, llama_cpp_reference: object
 ) -> None:
-    smollm2.set_decoding("plain")
+    backend = smollm2_like_llama_cpp_python
+    for question in QUESTIONS:
+        request = Request.of(question, max_tokens=32, temperature=0)
+        completion = await backend.complete(request)
+        assert completion.text == llama_cpp_text(llama_cpp_reference, backend, request)
+        assert completion.usage.completion_tokens > 0
+
+
+@pytest.mark.anyio
+async def test_every_decoder_and_a_batch_equal_plain_greedy_alone(smollm2: LocalBackend) -> None:
+    """Exactness on the real, quantised model (see the llama.cpp runtime's docstring):
+    eight requests at once and every decoding mode, with every proposal verified, give
+    what each request alone gives with one token a step."""
+    questions = [
+        "Explain how a bicycle works.",
+        "Give me three tips for staying healthy.",
+        "How can I improve my time management?",
+        "What are the benefits of reading books?",
+        "Describe the water cycle.",
+        "Why is the sky blue?",
+        "How do I make a good cup of coffee?",
+        "What should I pack for a beach holiday?",
+    ]
+    requests = [Request.of(q, max_tokens=48) for q in questions]
+    costs = smollm2.costs
+    smollm2.costs = type(costs).flat()  # verify every proposal: the exactness under test
     try:
-        for question in QUESTIONS:
-            request = Request.of(question, max_tokens=32, temperature=0)
-            completion = await smollm2.complete(request)
-            assert completion.text == llama_cpp_text(llama_cpp_reference, smollm2, request)
-            assert completion.usage.completion_tokens > 0
+        smollm2.set_decoding("plain")
+        alone = [(await smollm2.complete(r)).text for r in requests]
+        together: dict[int, str] = {}
+
+        async def one(i: int) -> None:
+            together[i] = (await smollm2.complete(requests[i])).text
+
+        async with anyio.create_task_group() as tg:
+            for i in range(len(requests)):
+                tg.start_soon(one, i)
+        assert [together[i] for i in range(len(requests))] == alone
+        for mode in ("prompt_lookup", "lookahead", "medusa", "cerberus"):
+            smollm2.set_decoding(mode)
+            smollm2.reset_stats()
+            got = [(await smollm2.complete(r)).text for r in requests[:4]]
+            assert got == alone[:4], mode
+            assert smollm2.stats["tokens_per_row_step"] > 1.05, (mode, smollm2.stats)
     finally:
+        smollm2.costs = costs
         smollm2.set_decoding(None)
 
 

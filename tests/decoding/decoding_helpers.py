@@ -45,13 +45,13 @@ class TinyModel:
     def hidden_size(self) -> int:
         return self.model.hidden_size
 
-    def runtime(self) -> Runtime:
-        """A fresh runtime: an empty cache."""
+    def runtime(self, context: int = 1024) -> Runtime:
+        """A fresh runtime: an empty cache (llama.cpp: of ``context`` cells)."""
         if self.gguf is None:
             return TorchRuntime(self.model)
         from sotflow.runtimes.llama_cpp.runtime import LlamaCppRuntime
 
-        return LlamaCppRuntime(self.gguf, threads=1, context=1024)
+        return LlamaCppRuntime(self.gguf, threads=1, context=context)
 
     def __repr__(self) -> str:
         return f"TinyModel({self.runtime_name})"

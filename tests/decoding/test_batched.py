@@ -221,3 +221,21 @@ def test_logprobs_match_a_full_forward(tiny: TinyModel) -> None:
         assert lp.logprob == pytest.approx(float(logp[k, tokens[k]]), abs=tolerance)
         assert lp.top[0][0] == tokens[k]  # greedy picks the most likely token
         assert len(lp.top) == 3
+
+
+@pytest.mark.parametrize("mode", ["plain", "hybrid", "cerberus"])
+def test_a_full_cache_is_compacted_and_changes_nothing(tiny_varied: TinyModel, mode: str) -> None:
+    """llama.cpp's cache has a fixed size and parks what it cannot free while rows live;
+    when it is full, the rows are prefilled again into a fresh cache. The torch cache
+    grows instead: the same requests run through both paths unchanged."""
+    ps = prompts(5, length=20, seed=13)
+    reqs = [greedy(p, 40) for p in ps]
+    alone = [decode_all(decoder(tiny_varied, mode), [r])[0][0] for r in reqs]
+    dec = decoder(tiny_varied, mode)
+    if tiny_varied.gguf is not None:
+        dec.runtime = tiny_varied.runtime(context=160)  # about two rows' worth
+    got, finish = decode_all(dec, reqs, arrivals=[0, 0, 1, 5, 9])
+    assert got == alone
+    assert finish == ["length"] * 5
+    if tiny_varied.gguf is not None:
+        assert dec.stats.compactions > 0 and dec.stats.preempted > 0

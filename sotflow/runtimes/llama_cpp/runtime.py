@@ -15,6 +15,26 @@ in a root-to-leaf path are exactly its ancestors: the tree mask. ``settle`` copi
 kept path from its leaf's temporary sequence back to the sequence and drops the
 temporaries (rejected branches vanish with them).
 
+Exactness: the decoders promise the runtime's plain greedy output whatever the batch,
+and llama.cpp's arithmetic is not the same for every batch shape (its quantised matmuls
+turn the tiniest difference into a different rounding of the next layer's
+activations). Measured on the bundled model, three settings make it so:
+
+- flash attention: each query sums its own cache cells one by one, skipping the cells
+  it may not see, so other sequences' cells and the batch around it change nothing;
+- fewer than 64 tokens an evaluation (``MAX_BATCH_TOKENS``): from 64 queries on,
+  llama.cpp switches to a tiled attention kernel whose sums differ;
+- every sequence's cells in position order, because those sums run in cell order:
+  llama.cpp puts new tokens into the first free cells, so a cell freed *below* a live
+  sequence's newest cell would later take one of its tokens out of order. So nothing is
+  freed while sequences live: rejected draft tokens and finished sequences are parked
+  on a junk sequence no token ever attends through, and the cache is cleared when the
+  last sequence leaves. When parked cells fill it, the decoder re-prefills its rows in a
+  fresh cache (``CacheFullError``).
+
+With these, plain greedy here equals llama-cpp-python's own, a batch of 8 equals each
+request alone, and every decoder equals plain, token for token (tests on SmolLM2).
+
 llama.cpp prints to stderr as it loads; that is silenced unless ``SOTFLOW_VERBOSE`` is
 set, and its last error lines are kept for the messages raised here.
 """
@@ -50,6 +70,10 @@ LLAMA_MAX_SEQ = 256
 
 MAX_SEQUENCES = 64
 """Sequence ids the decoder may use for its rows, by default."""
+
+MAX_BATCH_TOKENS = 63
+"""Tokens an evaluation may hold and stay exact (the module docstring): llama.cpp's CPU
+flash attention tiles 64 queries and more (``GGML_FA_TILE_Q``)."""
 
 DRAFT_SEQUENCES = 64
 """Temporary sequences for draft trees (one per leaf, over all rows of a step). Each
@@ -187,8 +211,8 @@ class LlamaCppRuntime:
         context: int | None = None,
         max_sequences: int = MAX_SEQUENCES,
         draft_sequences: int = DRAFT_SEQUENCES,
-        batch_size: int = 512,
-        flash_attention: bool = False,
+        batch_size: int = MAX_BATCH_TOKENS + 1,
+        flash_attention: bool = True,
     ) -> None:
         lib, log = _library()
         self._lib = lib
@@ -219,7 +243,9 @@ class LlamaCppRuntime:
             cp.n_ctx = cells
             cp.n_batch = batch_size
             cp.n_ubatch = batch_size
-            cp.n_seq_max = max_sequences + draft_sequences
+            cp.n_seq_max = max_sequences + draft_sequences + 1  # the last one is the junk
+            # llama.cpp sizes its logits buffer for a row per sequence id at least.
+            cp.n_outputs_max = max(batch_size, cp.n_seq_max)
             cp.kv_unified = True  # sequence sets, free prefix sharing (module docstring)
             cp.n_threads = self.threads
             cp.n_threads_batch = self.threads
@@ -248,6 +274,9 @@ class LlamaCppRuntime:
         self._lengths: dict[int, int] = {}
         self._last: list[_Seq] = []
         self._free_temps = list(range(max_sequences + draft_sequences - 1, max_sequences - 1, -1))
+        self._junk = max_sequences + draft_sequences
+        self.parked = 0
+        """Tokens parked on the junk sequence since the cache was last cleared."""
         self._weights: Any = None
         self.info = RuntimeInfo(
             name="llama.cpp",
@@ -257,6 +286,7 @@ class LlamaCppRuntime:
             context_length=min(cells, n_ctx_train),
             max_sequences=self.max_sequences,
             max_branches=draft_sequences,
+            max_batch_tokens=MAX_BATCH_TOKENS,
             device="cpu",
             fingerprint=self._fingerprint(),
         )
@@ -315,15 +345,29 @@ class LlamaCppRuntime:
     def _rm(self, seq: int, p0: int, p1: int) -> None:
         self._lib.llama_memory_seq_rm(self._memory, seq, p0, p1)
 
+    def _park(self, seq: int, p0: int) -> None:
+        """Move ``seq``'s cells from position ``p0`` on to the junk sequence: out of
+        every live sequence's sight, but still taken (module docstring)."""
+        lib = self._lib
+        lib.llama_memory_seq_cp(self._memory, seq, self._junk, p0, -1)
+        self._rm(seq, p0, -1)
+
     def fork(self, src: int, dst: int, length: int) -> None:
-        self._rm(dst, -1, -1)
+        if dst in self._lengths:
+            self.drop(dst)
         if length > 0:
             self._lib.llama_memory_seq_cp(self._memory, src, dst, 0, length)
         self._lengths[dst] = length
 
     def drop(self, seq: int) -> None:
-        self._rm(seq, -1, -1)
-        self._lengths.pop(seq, None)
+        length = self._lengths.pop(seq, None)
+        if not self._lengths:
+            # Nothing lives: every cell may be freed, and the next tokens start at cell 0.
+            self._lib.llama_memory_clear(self._memory, False)
+            self.parked = 0
+        elif length:
+            self._park(seq, 0)
+            self.parked += length
 
     # ----------------------------------------------------------------- evaluation
     def evaluate(self, batch: TokenBatch, *, hidden: bool = False) -> _Output:
@@ -405,6 +449,7 @@ class LlamaCppRuntime:
                         node = batch.parents[node]
 
     def _undo(self, layout: list[_Seq]) -> None:
+        # A failed batch placed nothing for good: its cells (if any) are the newest.
         for part in layout:
             self._rm(part.seq, part.start, -1)
             for temp in part.temps:
@@ -422,10 +467,12 @@ class LlamaCppRuntime:
                 lib.llama_memory_seq_cp(
                     self._memory, leaf_temp, part.seq, part.start + 1, part.start + n
                 )
-            self._rm(part.seq, part.start + n, -1)
             for temp in part.temps:
+                self._park(temp, part.start + 1)  # the branches not taken
                 self._rm(temp, -1, -1)
                 self._free_temps.append(temp)
+            self._park(part.seq, part.start + n)  # a chain's rejected tail (or all)
+            self.parked += len(part.indices) - n
             self._lengths[part.seq] = part.start + n
         self._last = []
 
