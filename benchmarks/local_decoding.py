@@ -20,9 +20,9 @@ import torch
 
 from sotflow.backends.local import LocalBackend
 from sotflow.decoding.batched import DECODE_MODES
+from sotflow.decoding.threads import on_model_thread
 from sotflow.runtimes.torch.loading import load_model
 from sotflow.runtimes.torch.testing import reference_greedy
-from sotflow.decoding.threads import on_model_thread
 from sotflow.types import Request
 
 PROMPTS = [

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from sotflow.runtimes.torch.forward import DecoderModel
 from sotflow.decoding.heads import load_heads
+from sotflow.runtimes.torch.forward import DecoderModel
 from sotflow.runtimes.torch.testing import byte_tokenizer, tiny_llama
 
 from .conftest import Runner, clean_env

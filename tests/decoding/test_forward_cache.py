@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sotflow.runtimes.torch.forward import DecoderModel, block_mask, packing_available
 from sotflow.decoding.verify import build_tree
+from sotflow.runtimes.torch.forward import DecoderModel, block_mask, packing_available
 
 
 def run(model: DecoderModel, cache, row: int, start: int, tokens, offsets, inner):  # type: ignore[no-untyped-def]

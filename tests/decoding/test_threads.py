@@ -8,8 +8,8 @@ import anyio
 import pytest
 
 from sotflow.backends.local import LocalBackend
+from sotflow.decoding.threads import model_thread, on_model_thread
 from sotflow.runtimes.torch.testing import byte_tokenizer, tiny_llama
-from sotflow.decoding.threads import on_model_thread, model_thread
 from sotflow.types import Request
 
 
