@@ -21,6 +21,7 @@ __all__ = [
     "Capabilities",
     "StreamItem",
     "check_backend",
+    "check_text_request",
     "estimate_tokens",
 ]
 
@@ -73,6 +74,26 @@ def check_backend(value: object, what: str, *, optional: bool = True) -> None:
         f"{what} must be a backend (OpenAIBackend(...), LocalBackend(...), "
         f"ScriptedBackend(...)){' or None' if optional else ''}, got {value!r}{hint}"
     )
+
+
+def check_text_request(request: Request, backend: str, *, model: str | None = None) -> None:
+    """Refuse what a backend that writes plain text cannot honour, naming the field.
+
+    Tools, a tool choice, a response format and tool-call histories would otherwise be
+    dropped, and the reply would answer a different request than the one sent. With
+    ``model`` given, a request for any other model is refused too.
+    """
+    fields = request.tool_fields()
+    if fields:
+        raise ConfigurationError(
+            f"{backend} cannot honour {', '.join(fields)}: it writes plain text only. Send "
+            "tool calling and structured output to an OpenAI-compatible API that supports "
+            "them (OpenAIBackend)."
+        )
+    if model is not None and request.model not in (None, model):
+        raise ConfigurationError(
+            f"{backend} serves {model!r} only; this request asked for {request.model!r}"
+        )
 
 
 def estimate_tokens(request: Request, *, chars_per_token: float = 4.0) -> int:
