@@ -7,6 +7,7 @@ caller of the same backend shares one set of limits.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
@@ -19,6 +20,7 @@ __all__ = [
     "Backend",
     "BaseBackend",
     "Capabilities",
+    "ModelView",
     "StreamItem",
     "check_backend",
     "check_text_request",
@@ -141,3 +143,37 @@ class BaseBackend:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(model={self.model!r})"
+
+
+class ModelView:
+    """A backend asking for another model on every call: same transport, same limits.
+
+    For per-call model choice (a chat model's ``invoke(..., model=...)``, a proxy's
+    ``sot/<model>``) without a second connection pool or a second set of limits.
+    A request that names its own model keeps it.
+    """
+
+    def __init__(self, backend: Backend, model: str) -> None:
+        self.backend = backend
+        self.model = model
+        self.name = backend.name
+        self.capabilities = backend.capabilities
+        self.limiter = backend.limiter
+
+    def _ask(self, request: Request) -> Request:
+        return request if request.model else dataclasses.replace(request, model=self.model)
+
+    def estimate_tokens(self, request: Request) -> int:
+        return self.backend.estimate_tokens(self._ask(request))
+
+    async def complete(self, request: Request) -> Completion:
+        return await self.backend.complete(self._ask(request))
+
+    def stream(self, request: Request) -> AsyncIterator[StreamItem]:
+        return self.backend.stream(self._ask(request))
+
+    async def aclose(self) -> None:
+        await self.backend.aclose()
+
+    def __repr__(self) -> str:
+        return f"ModelView({self.backend!r}, model={self.model!r})"
