@@ -194,12 +194,13 @@ class ChatSotflow(BaseChatModel):
                 tpm=self.tpm,
                 prefill=self.prefill,
             )
+            # Sync calls open HTTP sessions on the shared background loop: close them
+            # there when this model goes away (at the latest, the loop closes them at
+            # exit). A backend passed in is the caller's, maybe shared: left alone.
+            weakref.finalize(self, _close_on_sync_loop, backend)
         self.model = backend.model
         self._backend = backend
         self._engine = Engine(backend, max_retries=self.max_retries, timeout=self.timeout)
-        # Sync calls open HTTP sessions on the shared background loop: close them there
-        # when this model goes away (at the latest, the loop closes them at exit).
-        weakref.finalize(self, _close_on_sync_loop, backend)
 
     # -- LangChain's descriptions ------------------------------------------------------
 
