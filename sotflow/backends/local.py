@@ -40,7 +40,7 @@ from ..decoding.threads import on_model_thread
 from ..errors import BackendError, BadRequestError, ConfigurationError
 from ..limits import Limiter
 from ..types import Choice, Completion, Delta, Request, TokenLogprob, Usage
-from .base import BaseBackend, Capabilities, StreamItem
+from .base import BaseBackend, Capabilities, StreamItem, check_text_request
 
 if TYPE_CHECKING:
     from ..decoding.batched import BatchDecoder, SequenceUpdate, SpeculationConfig
@@ -308,6 +308,8 @@ class LocalBackend(BaseBackend):
     def _start(self, request: Request) -> _Job:
         from ..decoding.batched import SequenceRequest
 
+        # Tools, response formats and other models are refused, never silently dropped.
+        check_text_request(request, "LocalBackend", model=self.model)
         prompt = self.encode(request)
         p = request.params
         limit = self.runtime.info.context_length
