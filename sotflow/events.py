@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .types import Answer, ErrorInfo, Usage
+from .types import Answer, ErrorInfo, TokenLogprob, Usage
 
 __all__ = [
     "AnswerDelta",
@@ -49,6 +49,8 @@ class TextDelta(Event):
     node: str
     text: str
     index: int = 0
+    logprobs: tuple[TokenLogprob, ...] | None = None
+    """The log-probabilities of the tokens of ``text``, where the call asked for them."""
 
 
 @dataclass(frozen=True, slots=True)

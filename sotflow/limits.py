@@ -8,6 +8,12 @@ are charged, in any ``window_s`` seconds. A call is charged an estimate when it 
 (prompt tokens plus ``n * max_tokens``, as providers count it) and the charge is
 corrected to the real usage when it ends, so a generous ``max_tokens`` only holds
 capacity for as long as the call runs.
+
+A fair limiter (``fair=True``, what ``sotflow serve`` uses for all its clients) keeps
+one queue per client and serves the clients in turn, one call each, so one client's
+batch of 1,000 does not starve another client's single question. A call belongs to the
+client named by the innermost ``client_scope`` around it (tasks started inside inherit
+it, as they inherit every context variable).
 """
 
 from __future__ import annotations
@@ -15,8 +21,9 @@ from __future__ import annotations
 import heapq
 import itertools
 from collections import deque
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Hashable, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 
 import anyio
@@ -24,7 +31,19 @@ import anyio.lowlevel
 
 from .errors import ConfigurationError
 
-__all__ = ["Limiter", "Ticket"]
+__all__ = ["Limiter", "Ticket", "client_scope"]
+
+_CLIENT: ContextVar[Hashable] = ContextVar("sotflow_client", default=None)
+
+
+@contextmanager
+def client_scope(client: Hashable) -> Iterator[None]:
+    """Calls made inside the block (by this task and the tasks it starts) are ``client``'s."""
+    token = _CLIENT.set(client)
+    try:
+        yield
+    finally:
+        _CLIENT.reset(token)
 
 
 class _Entry:
@@ -148,20 +167,90 @@ class _PriorityGate:
             self.free += 1
 
 
+class _FairGate:
+    """A counting semaphore with one queue per client, the clients served in turn.
+
+    A client whose call is granted goes to the back of the line if it has more calls
+    waiting; a client that starts waiting joins at the back. Within one client's queue
+    the lowest priority number goes first, as in ``_PriorityGate``.
+    """
+
+    def __init__(self, capacity: int) -> None:
+        self.free = capacity
+        self.queues: dict[Hashable, list[_Waiter]] = {}
+        self.turns: deque[Hashable] = deque()
+        self.sequence = itertools.count()
+
+    async def acquire(self, priority: float) -> None:
+        if self.free > 0 and not self.turns:
+            self.free -= 1
+            return
+        client = _CLIENT.get()
+        queue = self.queues.get(client)
+        if queue is None:
+            queue = self.queues[client] = []
+            self.turns.append(client)
+        waiter = _Waiter((priority, next(self.sequence)))
+        heapq.heappush(queue, waiter)
+        try:
+            await waiter.event.wait()
+        except BaseException:
+            if waiter.granted:
+                self.release()  # granted as we were cancelled: pass the slot on
+            else:
+                queue.remove(waiter)
+                heapq.heapify(queue)
+                if not queue:
+                    del self.queues[client]
+                    self.turns.remove(client)
+            raise
+
+    def release(self) -> None:
+        if not self.turns:
+            self.free += 1
+            return
+        client = self.turns.popleft()
+        queue = self.queues[client]
+        waiter = heapq.heappop(queue)
+        if queue:
+            self.turns.append(client)
+        else:
+            del self.queues[client]
+        waiter.granted = True
+        waiter.event.set()
+
+
 class _LoopState:
     """anyio primitives belong to one event loop; a sync wrapper may start another."""
 
-    __slots__ = ("freed", "gate", "lock", "token")
+    __slots__ = ("freed", "gate", "lock", "rate_gate", "token")
 
-    def __init__(self, token: object, max_concurrency: int | None) -> None:
+    def __init__(self, token: object, max_concurrency: int | None, fair: bool) -> None:
         self.token = token
-        self.gate = _PriorityGate(max_concurrency) if max_concurrency else None
+        gate = _FairGate if fair else _PriorityGate
+        self.gate = gate(max_concurrency) if max_concurrency else None
+        # Calls wait for the rate windows one at a time: in arrival order, or, when
+        # fair, in the clients' turns.
         self.lock = anyio.Lock()
+        self.rate_gate = _FairGate(1) if fair else None
         self.freed: anyio.Event | None = None
+
+    @asynccontextmanager
+    async def rate_turn(self, priority: float) -> AsyncIterator[None]:
+        if self.rate_gate is None:
+            async with self.lock:
+                yield
+            return
+        await self.rate_gate.acquire(priority)
+        try:
+            yield
+        finally:
+            self.rate_gate.release()
 
 
 class Limiter:
-    """In-flight cap plus sliding-window request and token rates for one backend."""
+    """In-flight cap plus sliding-window request and token rates for one backend
+    (``fair``: clients served in turn, see the module docstring)."""
 
     def __init__(
         self,
@@ -170,6 +259,7 @@ class Limiter:
         tpm: int | None = None,
         *,
         window_s: float = 60.0,
+        fair: bool = False,
     ) -> None:
         for name, value in (("max_concurrency", max_concurrency), ("rpm", rpm), ("tpm", tpm)):
             if value is not None and (not isinstance(value, int) or value < 1):
@@ -179,6 +269,7 @@ class Limiter:
         if window_s <= 0:
             raise ConfigurationError(f"window_s must be positive, got {window_s!r}")
         self.max_concurrency = max_concurrency
+        self.fair = fair
         self.rpm = rpm
         self.tpm = tpm
         self._requests = _Window(rpm, window_s) if rpm else None
@@ -191,13 +282,13 @@ class Limiter:
         token = anyio.lowlevel.current_token()
         state = self._state
         if state is None or state.token != token:
-            state = self._state = _LoopState(token, self.max_concurrency)
+            state = self._state = _LoopState(token, self.max_concurrency, self.fair)
         return state
 
-    async def _wait_for_rate(self, state: _LoopState, tokens: int) -> Ticket:
+    async def _wait_for_rate(self, state: _LoopState, tokens: int, priority: float) -> Ticket:
         requests, window = self._requests, self._tokens
-        # One waiter at a time, in arrival order, so a big call is not starved by small ones.
-        async with state.lock:
+        # One waiter at a time, so a big call is not starved by small ones.
+        async with state.rate_turn(priority):
             while True:
                 now = anyio.current_time()
                 wait = 0.0
@@ -238,7 +329,7 @@ class Limiter:
             await gate.acquire(priority)
         try:
             if self._requests is not None or self._tokens is not None:
-                ticket = await self._wait_for_rate(state, tokens)
+                ticket = await self._wait_for_rate(state, tokens, priority)
             else:
                 ticket = Ticket(None, None)
             self.in_flight += 1

@@ -194,6 +194,8 @@ def request_body(
         body["stream"] = True
         body["stream_options"] = {"include_usage": True}
     body.update(extra_body or {})
+    # Fields of this one request that sotflow does not model, as the caller gave them.
+    body.update(request.extra_body or {})
     return body
 
 
@@ -335,17 +337,19 @@ class StreamAssembler:
             for raw in choices:
                 index = raw.get("index", 0)
                 delta = raw.get("delta") or {}
+                lp = raw.get("logprobs")
+                tokens = parse_logprobs(lp.get("content")) if lp else None
+                if tokens:
+                    self.logprobs.setdefault(index, []).extend(tokens)
                 text = delta.get("content")
                 if text and self.strip and index not in self.decided:
                     text = self._cut_prefill(index, text)
                 if text:
                     self.texts.setdefault(index, []).append(text)
-                    out.append(Delta(text, index))
+                    # A chunk's log-probabilities are those of the tokens of its text.
+                    out.append(Delta(text, index, tokens))
                 for piece in delta.get("tool_calls") or ():
                     self._add_call(index, piece)
-                lp = raw.get("logprobs")
-                if lp and lp.get("content"):
-                    self.logprobs.setdefault(index, []).extend(parse_logprobs(lp["content"]) or ())
                 if raw.get("finish_reason"):
                     self.reasons[index] = raw["finish_reason"]
         except (AttributeError, TypeError) as exc:

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from .events import AnswerDelta, AnswerReset, Event
 from .graph import PartKey
 
-__all__ = ["AnswerReader", "EventSink"]
+__all__ = ["AnswerReader", "AppendOnlyText", "EventSink"]
 
 EventSink = Callable[[Event], None]
 
@@ -123,3 +123,93 @@ class AnswerReader:
             self.released.append((self.keys[nid], nid))
             self.live = None
             self._advance()
+
+
+class AppendOnlyText:
+    """Text that may be withdrawn, released to a reader who cannot take anything back.
+
+    The engine may withdraw text (``AnswerReset``: a retried stream, a failed part); a
+    LangChain chunk or an OpenAI stream chunk, once sent, stays sent. So text goes out
+    while it extends what went out before; after a withdrawal it waits until the new
+    text has caught up again (a retry that writes the same text streams on seamlessly;
+    one that writes other text releases nothing more, and ``finish`` says so). With
+    ``stops``, a tail that could be the start of a stop sequence is held back, and
+    nothing from the first stop sequence on goes out.
+    """
+
+    def __init__(self, stops: tuple[str, ...] = ()) -> None:
+        self.stops = tuple(s for s in stops if s)
+        self.hold = max((len(s) for s in self.stops), default=1) - 1
+        self.current = ""
+        self.sent = ""
+        self.differs_at: int | None = None
+        """The first position where ``current`` is not what was sent, if any."""
+        self.stop_at: int | None = None
+        """Where the first stop sequence in ``current`` starts, if one is there."""
+
+    def cut(self, text: str) -> tuple[str, bool]:
+        """``text`` up to its first stop sequence, and whether one was found."""
+        positions = [p for p in (text.find(s) for s in self.stops) if p >= 0]
+        return (text[: min(positions)], True) if positions else (text, False)
+
+    def add(self, text: str) -> str:
+        """Append ``text``; returns what can go out now (maybe nothing)."""
+        start = len(self.current)
+        self.current += text
+        sent = self.sent
+        if self.differs_at is None and start < len(sent):
+            end = min(len(self.current), len(sent))
+            if self.current[start:end] != sent[start:end]:
+                self.differs_at = next(i for i in range(start, end) if self.current[i] != sent[i])
+        if self.stops and self.stop_at is None:
+            # Only a stop sequence that ends in the new text can be new.
+            found = self.cut(self.current[max(0, start - self.hold) :])
+            if found[1]:
+                self.stop_at = max(0, start - self.hold) + len(found[0])
+        return self._release()
+
+    def withdraw(self, chars: int) -> None:
+        """Take back the last ``chars`` characters (not yet read, or read and kept)."""
+        self.current = self.current[: max(0, len(self.current) - chars)]
+        if self.differs_at is not None and self.differs_at >= len(self.current):
+            self.differs_at = None
+        if self.stop_at is not None and self.stop_at + self.hold >= len(self.current):
+            # The stop sequence may have lost characters: look again.
+            self.stop_at = None
+            text, stopped = self.cut(self.current)
+            self.stop_at = len(text) if stopped else None
+
+    def feed(self, item: AnswerDelta | AnswerReset) -> str:
+        """An answer event in; what can go out now."""
+        if isinstance(item, AnswerDelta):
+            return self.add(item.text)
+        self.withdraw(item.chars)
+        return self._release()
+
+    def _release(self) -> str:
+        if self.differs_at is not None:
+            return ""
+        visible = self.stop_at if self.stop_at is not None else len(self.current) - self.hold
+        if visible <= len(self.sent):
+            return ""
+        new = self.current[len(self.sent) : visible]
+        self.sent += new
+        return new
+
+    @property
+    def stopped(self) -> bool:
+        """A stop sequence was reached in what went out: nothing more will."""
+        return (
+            self.stop_at is not None
+            and self.differs_at is None
+            and (len(self.sent) >= self.stop_at)
+        )
+
+    def finish(self, text: str) -> tuple[str, bool]:
+        """The rest of the final ``text``, and whether what went out adds up to it."""
+        final, _ = self.cut(text)
+        if final.startswith(self.sent):
+            rest = final[len(self.sent) :]
+            self.sent = final
+            return rest, True
+        return "", False

@@ -504,7 +504,7 @@ class Run:
                     if type(item) is Delta:
                         if item.text:
                             streamed = True
-                            sink(TextDelta(run_id, node_id, item.text, item.index))
+                            sink(TextDelta(run_id, node_id, item.text, item.index, item.logprobs))
                             if reader is not None and item.index == 0:
                                 reader.delta(node_id, item.text)
                     else:

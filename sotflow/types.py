@@ -176,7 +176,9 @@ class Request:
     to the API unchanged (``tools``: ``{"type": "function", "function": {...}}`` items;
     ``tool_choice``: ``"none"``, ``"auto"``, ``"required"`` or one named function;
     ``response_format``: ``{"type": "json_object"}`` or a ``json_schema``). ``model``
-    asks for another model than the backend's own on this one call.
+    asks for another model than the backend's own on this one call. ``extra_body`` holds
+    OpenAI fields sotflow does not model (``presence_penalty``, ``logit_bias``, ...), sent
+    to the API as they are, as a proxy must.
     """
 
     messages: tuple[Message, ...]
@@ -186,6 +188,7 @@ class Request:
     tool_choice: str | Mapping[str, Any] | None = None
     response_format: Mapping[str, Any] | None = None
     model: str | None = None
+    extra_body: Mapping[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.messages, tuple):
@@ -197,6 +200,10 @@ class Request:
         if self.model is not None and (not isinstance(self.model, str) or not self.model):
             raise ConfigurationError(
                 f"model must be a non-empty string or None, got {self.model!r}"
+            )
+        if self.extra_body is not None and not isinstance(self.extra_body, Mapping):
+            raise ConfigurationError(
+                f"extra_body must be a dict of API fields or None, got {self.extra_body!r}"
             )
 
     def tool_fields(self) -> list[str]:
@@ -214,6 +221,7 @@ class Request:
             )
             if value
         ]
+        found.extend(self.extra_body or ())
         for i, m in enumerate(self.messages):
             if m.tool_calls:
                 found.append(f"messages[{i}].tool_calls")
@@ -370,10 +378,12 @@ class Completion:
 
 @dataclass(frozen=True, slots=True)
 class Delta:
-    """A piece of streamed text for choice ``index``."""
+    """A piece of streamed text for choice ``index``; with ``logprobs`` asked for, the
+    log-probabilities of the tokens it was written in (as far as the backend streams them)."""
 
     text: str
     index: int = 0
+    logprobs: tuple[TokenLogprob, ...] | None = None
 
 
 class ErrorInfo(BaseModel):

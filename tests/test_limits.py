@@ -343,3 +343,125 @@ async def test_a_saturated_batch_finishes_the_questions_it_started_first() -> No
     assert max(i for i, q in enumerate(started) if q == 0) < 8, started
     finished = sorted(range(5), key=lambda i: answers[i].latency_s)
     assert finished == [0, 1, 2, 3, 4]
+
+
+# -- fairness between clients (sotflow serve's one limiter) ----------------------------
+
+
+async def _grant_order(limiter: Limiter, queued: list[tuple[str, float]]) -> list[str]:
+    """Queue ``(client, priority)`` calls behind one held slot; the order they get it."""
+    granted: list[str] = []
+    release = anyio.Event()
+
+    async def holder() -> None:
+        async with limiter.slot(0):
+            await release.wait()
+
+    async def waiter(client: str, priority: float) -> None:
+        with sotflow.limits.client_scope(client):
+            async with limiter.slot(0, priority=priority):
+                granted.append(client)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(holder)
+        await anyio.wait_all_tasks_blocked()
+        for client, priority in queued:
+            tg.start_soon(waiter, client, priority)
+            await anyio.wait_all_tasks_blocked()
+        release.set()
+    return granted
+
+
+@pytest.mark.anyio
+async def test_a_fair_limiter_serves_waiting_clients_in_turn() -> None:
+    # One client queued ten calls before another queued one, and a third two.
+    queued = [("batch", float(i)) for i in range(10)] + [("single", 0.0), ("pair", 0.0)] * 1
+    queued.append(("pair", 1.0))
+    order = await _grant_order(Limiter(1, fair=True), queued)
+    assert order[:5] == ["batch", "single", "pair", "batch", "pair"]
+    assert order[5:] == ["batch"] * 8
+    # Without fairness the single call waits behind the whole batch (equal priorities
+    # aside, lowest priority first: the batch's calls of priority 0..9 and the others).
+    unfair = await _grant_order(Limiter(1), [(c, p + 10) for c, p in queued[:10]] + queued[10:])
+    assert unfair[:3] == ["single", "pair", "pair"]  # priorities 0, 0, 1 beat 10..19
+    by_arrival = await _grant_order(Limiter(1), [(c, 0.0) for c, _ in queued])
+    assert by_arrival.index("single") == 10
+
+
+@pytest.mark.anyio
+async def test_within_one_client_the_earliest_run_goes_first() -> None:
+    order: list[float] = []
+    limiter = Limiter(1, fair=True)
+    release = anyio.Event()
+
+    async def holder() -> None:
+        async with limiter.slot(0):
+            await release.wait()
+
+    async def waiter(priority: float) -> None:
+        with sotflow.limits.client_scope("one"):
+            async with limiter.slot(0, priority=priority):
+                order.append(priority)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(holder)
+        await anyio.wait_all_tasks_blocked()
+        for priority in (3.0, 1.0, 2.0):
+            tg.start_soon(waiter, priority)
+            await anyio.wait_all_tasks_blocked()
+        release.set()
+    assert order == [1.0, 2.0, 3.0]
+
+
+@pytest.mark.anyio
+async def test_a_cancelled_fair_waiter_leaves_its_queue_and_the_slot_comes_back() -> None:
+    limiter = Limiter(1, fair=True)
+    release = anyio.Event()
+    got: list[str] = []
+
+    async def holder() -> None:
+        async with limiter.slot(0):
+            await release.wait()
+
+    async def waiter(client: str) -> None:
+        with sotflow.limits.client_scope(client):
+            async with limiter.slot(0):
+                got.append(client)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(holder)
+        await anyio.wait_all_tasks_blocked()
+        with anyio.CancelScope() as doomed:
+            doomed.cancel()
+            await waiter("gone")
+        tg.start_soon(waiter, "next")
+        await anyio.wait_all_tasks_blocked()
+        release.set()
+    assert got == ["next"]
+    async with limiter.slot(0):
+        got.append("again")
+    assert got == ["next", "again"]
+
+
+@pytest.mark.anyio
+async def test_a_fair_limiter_takes_turns_for_the_rate_windows_too() -> None:
+    # No in-flight cap: calls wait only for the request window, one at a time.
+    async def order(limiter: Limiter) -> list[str]:
+        granted: list[str] = []
+
+        async def call(client: str) -> None:
+            with sotflow.limits.client_scope(client):
+                async with limiter.slot(0):
+                    granted.append(client)
+
+        async with anyio.create_task_group() as tg:
+            for _ in range(6):
+                tg.start_soon(call, "batch")
+                await anyio.wait_all_tasks_blocked()
+            tg.start_soon(call, "single")
+        return granted
+
+    # The first batch call went straight through, the second holds the turn while it
+    # waits for the window; the single call is next but one (its turn after a batch's).
+    assert (await order(Limiter(None, rpm=1, window_s=0.05, fair=True))).index("single") == 3
+    assert (await order(Limiter(None, rpm=1, window_s=0.05))).index("single") == 6

@@ -43,6 +43,9 @@ class Capabilities:
     """Returns per-token log-probabilities when asked."""
     n: bool = True
     """Returns several samples from one request."""
+    tools: bool = False
+    """Honours what goes beyond plain text (``Request.tool_fields()``: tools, tool choice,
+    response formats, tool-call histories, extra API fields) instead of refusing it."""
 
 
 @runtime_checkable

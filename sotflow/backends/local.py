@@ -75,6 +75,9 @@ class _ChoiceState:
     """Characters of ``text`` already streamed."""
     finish: str | None = None
     logprobs: list[TokenLogprob] = field(default_factory=list)
+    ends: list[int] = field(default_factory=list)
+    """Where each logprob's token ends in ``text``: it streams with the text up to there."""
+    logprobs_sent: int = 0
 
 
 class _Job:
@@ -113,9 +116,21 @@ class _Job:
                 ):
                     ready -= 1
                 if ready > choice.sent:
-                    out.append(Delta(choice.text[choice.sent : ready], index))
+                    logprobs = None
+                    if self.want_logprobs:
+                        first = choice.logprobs_sent
+                        last = len(choice.logprobs) if choice.finish else first
+                        while last < len(choice.ends) and choice.ends[last] <= ready:
+                            last += 1
+                        logprobs = tuple(choice.logprobs[first:last])
+                        choice.logprobs_sent = last
+                    out.append(Delta(choice.text[choice.sent : ready], index, logprobs))
                     choice.sent = ready
             return out
+
+
+def _start(ends: list[int], i: int) -> int:
+    return ends[i - 1] if i else 0
 
 
 class _LoopState:
@@ -355,14 +370,23 @@ class LocalBackend(BaseBackend):
                 return
             choice.tokens.extend(update.tokens)
             if job.want_logprobs and update.logprobs:
-                choice.logprobs.extend(self._logprobs(update.logprobs))
-            text = choice.decoder.feed(update.tokens)
+                # Token by token, to know where each token's text ends.
+                for token, item in zip(update.tokens, self._logprobs(update.logprobs), strict=True):
+                    text = choice.decoder.feed((token,))
+                    choice.logprobs.append(item)
+                    choice.ends.append(len(text))
+            else:
+                text = choice.decoder.feed(update.tokens)
             finish = update.finish_reason
             cut = self._find_stop(text, job.stops, len(choice.text) - job.hold)
             if cut is not None:
                 text, finish = text[:cut], "stop"
                 if update.finish_reason is None:
                     self.decoder.cancel(update.seq_id)
+                # The tokens from the stop string on were not returned: neither are
+                # their log-probabilities (a token across the cut was, in part).
+                kept = sum(1 for i in range(len(choice.ends)) if _start(choice.ends, i) < cut)
+                del choice.logprobs[kept:], choice.ends[kept:]
             choice.text = text
             choice.finish = finish
             job.news = True

@@ -28,6 +28,7 @@ from ..errors import (
     StreamInterruptedError,
     error_from_status,
 )
+from ..limits import Limiter
 from ..openai_wire import StreamAssembler, completion_from_wire, request_body
 from ..types import Completion, Request
 from .base import BaseBackend, Capabilities, StreamItem
@@ -91,7 +92,8 @@ class OpenAIBackend(BaseBackend):
     ``model`` to ``SOTFLOW_MODEL`` or ``gpt-4o-mini``. Set ``prefill=True`` only for
     servers that continue a final assistant message when asked with
     ``continue_final_message`` (vLLM, ``sotflow serve``); elsewhere strategies ask for
-    the start of the reply in words instead.
+    the start of the reply in words instead. ``limiter`` shares the limits of another
+    backend (or a fair one, as ``sotflow serve`` uses) instead of making new ones.
     """
 
     name = "openai"
@@ -112,10 +114,11 @@ class OpenAIBackend(BaseBackend):
         logprobs: bool = True,
         headers: Mapping[str, str] | None = None,
         extra_body: Mapping[str, Any] | None = None,
+        limiter: Limiter | None = None,
     ) -> None:
-        super().__init__(max_concurrency=max_concurrency, rpm=rpm, tpm=tpm)
+        super().__init__(max_concurrency=max_concurrency, rpm=rpm, tpm=tpm, limiter=limiter)
         self.model = model or os.environ.get("SOTFLOW_MODEL") or DEFAULT_MODEL
-        self.capabilities = Capabilities(prefill=prefill, logprobs=logprobs, n=True)
+        self.capabilities = Capabilities(prefill=prefill, logprobs=logprobs, n=True, tools=True)
         self.extra_body = dict(extra_body or {})
         self._client = None
         if client is not None:

@@ -395,7 +395,11 @@ def build_parser() -> argparse.ArgumentParser:
     add_run_options(bench, default_strategy="sot")
     add_backend_options(bench)
 
-    serve = sub.add_parser("serve", help="serve a local model as an OpenAI-compatible API")
+    serve = sub.add_parser(
+        "serve",
+        help="serve a local model, or proxy an API with sotflow's strategies, as an "
+        "OpenAI-compatible API",
+    )
     serve_arguments(serve)
 
     sub.add_parser(

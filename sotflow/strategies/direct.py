@@ -58,7 +58,8 @@ def _result(completion: Completion, ctx: NodeContext) -> Result:
 class Passthrough:
     """Send one ready request as it is; the answer keeps the reply's tool calls.
 
-    ``answer.details`` has ``finish_reason``, ``model`` (as the server named it) and,
+    ``answer.details`` has ``finish_reason``, ``model`` (as the server named it),
+    ``completion`` (the whole ``Completion``: every choice of ``n``, with logprobs) and,
     when the model called tools, ``tool_calls`` (``ToolCall`` objects).
     """
 
@@ -82,6 +83,7 @@ def _reply(completion: Completion, ctx: NodeContext) -> Result:
     details: dict[str, Any] = {
         "finish_reason": completion.finish_reason,
         "model": completion.model,
+        "completion": completion,
     }
     if completion.tool_calls:
         details["tool_calls"] = list(completion.tool_calls)

@@ -33,6 +33,7 @@ from ...events import (
     Retrying,
     RunFinished,
 )
+from ...reading import AppendOnlyText
 from ...types import Answer
 
 __all__ = ["SYNC_LOOP", "Publisher", "RunFeed", "custom_event", "run_async", "run_sync"]
@@ -220,56 +221,11 @@ class Publisher:
             )
 
 
-class _AppendOnly:
-    """The answer in reading order, released only as far as it can no longer change.
-
-    The engine may withdraw text (``AnswerReset``: a retried stream, a failed part);
-    LangChain chunks cannot be withdrawn. So text goes out while it extends what went
-    out before; after a withdrawal it waits until the new text has caught up again
-    (a retry that writes the same text streams on seamlessly). A tail that could be the
-    start of a stop sequence is held back too, and nothing after a stop sequence goes out.
-    """
-
-    def __init__(self, stops: tuple[str, ...]) -> None:
-        self.stops = tuple(s for s in stops if s)
-        self.hold = max((len(s) for s in self.stops), default=1) - 1
-        self.current = ""
-        self.sent = ""
-
-    def cut(self, text: str) -> tuple[str, bool]:
-        """``text`` up to its first stop sequence, and whether one was found."""
-        positions = [p for p in (text.find(s) for s in self.stops) if p >= 0]
-        return (text[: min(positions)], True) if positions else (text, False)
-
-    def _release(self, visible: str) -> str:
-        if not visible.startswith(self.sent):
-            return ""  # withdrawn text not yet written again
-        new, self.sent = visible[len(self.sent) :], visible
-        return new
-
-    def feed(self, item: AnswerDelta | AnswerReset) -> str:
-        if isinstance(item, AnswerDelta):
-            self.current += item.text
-        else:
-            self.current = self.current[: max(0, len(self.current) - item.chars)]
-        visible, stopped = self.cut(self.current)
-        if not stopped and self.hold:
-            visible = visible[: max(0, len(visible) - self.hold)]
-        return self._release(visible)
-
-    def finish(self, text: str) -> tuple[str, bool]:
-        """The rest of the final text, and whether the chunks sent add up to it."""
-        final, _ = self.cut(text)
-        if final.startswith(self.sent):
-            return final[len(self.sent) :], True
-        return "", False
-
-
 class RunFeed:
     """Folds the items of one run: custom events, released text, the final answer."""
 
     def __init__(self, stops: tuple[str, ...] = ()) -> None:
-        self.text = _AppendOnly(stops)
+        self.text = AppendOnlyText(stops)
         self.answer: Answer | None = None
         self.failure: BaseException | None = None
 
