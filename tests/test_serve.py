@@ -14,7 +14,7 @@ from sotflow.backends.base import BaseBackend, Capabilities
 from sotflow.backends.local import LocalBackend
 from sotflow.errors import BadRequestError
 from sotflow.runtimes.torch.testing import byte_tokenizer, tiny_llama
-from sotflow.serve import parse_request, serving
+from sotflow.serve import parse_chat, serving
 from sotflow.types import Completion, Request
 
 
@@ -154,7 +154,10 @@ async def test_prefill_sampling_extras_and_n(oa: openai.AsyncOpenAI, backend: Lo
 @pytest.mark.anyio
 async def test_models_endpoint(oa: openai.AsyncOpenAI) -> None:
     models = await oa.models.list()
-    assert [m.id for m in models.data] == ["tiny"]
+    from sotflow.strategies.registry import STRATEGY_NAMES
+
+    assert [m.id for m in models.data] == ["tiny", *(f"{s}/tiny" for s in STRATEGY_NAMES)]
+    assert "sot/tiny" in [m.id for m in models.data]
 
 
 @pytest.mark.anyio
@@ -179,7 +182,7 @@ async def test_bad_requests_get_400_with_a_clear_message(
 ) -> None:
     async with (
         aiohttp.ClientSession() as session,
-        session.post(f"{url}/chat/completions", json=body) as response,
+        session.post(f"{url}/chat/completions", json={"model": "tiny", **body}) as response,
     ):
         assert response.status == 400
         error = (await response.json())["error"]
@@ -219,18 +222,19 @@ async def test_internal_errors_are_500() -> None:
     async with serving(Failing(), "127.0.0.1", 0) as base:
         async with client(base) as c:
             with pytest.raises(openai.InternalServerError) as info:
-                await c.chat.completions.create(model="x", messages=MESSAGES)  # type: ignore[arg-type]
+                await c.chat.completions.create(model="failing", messages=MESSAGES)  # type: ignore[arg-type]
         assert "boom" in str(info.value)
         async with aiohttp.ClientSession() as session:
-            body = {"messages": MESSAGES, "stream": True}
+            body = {"model": "failing", "messages": MESSAGES, "stream": True}
             async with session.post(f"{base}/chat/completions", json=body) as response:
                 assert response.status == 500
                 assert json.loads(await response.text())["error"]["type"] == "server_error"
 
 
-def test_parse_request_maps_prefill_and_limits() -> None:
-    request, stream, usage = parse_request(
+def test_parse_chat_maps_prefill_and_limits() -> None:
+    call = parse_chat(
         {
+            "model": "tiny",
             "messages": [
                 {"role": "system", "content": [{"type": "text", "text": "S"}]},
                 {"role": "user", "content": "Q"},
@@ -243,10 +247,11 @@ def test_parse_request_maps_prefill_and_limits() -> None:
             "top_k": -1,
         }
     )
+    request = call.request
     assert request.prefill == "1." and [m.role for m in request.messages] == ["system", "user"]
     assert request.messages[0].content == "S"
     assert request.params.max_tokens == 9 and request.params.top_k is None
-    assert not stream and not usage
+    assert not call.stream and not call.include_usage
 
 
 def test_bad_request_error_is_a_backend_error() -> None:
