@@ -14,6 +14,7 @@ import argparse
 import logging
 import os
 import socket
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -140,6 +141,7 @@ class RayAnswering:
                 f"--ray needs Ray: pip install 'sotflow[ray]' ({exc})"
             ) from exc
         self._ray = ray
+        started = time.monotonic()
         requested = args.ray_workers
         self._owns_ray = connect(args.ray, workers=requested or 2, verbose=False)
         self.limits: Any = None
@@ -164,6 +166,7 @@ class RayAnswering:
         except BaseException:
             self.close()
             raise
+        self.ready_s = time.monotonic() - started
         info = self.pool.describe()
         self.model: str = info["model"] or ""
         self.local = info["backend"] == "local"
@@ -177,7 +180,7 @@ class RayAnswering:
         info = self.pool.describe()
         line = (
             f"ray: {info['workers']} workers on {info['nodes']} node"
-            f"{'s' if info['nodes'] != 1 else ''}"
+            f"{'s' if info['nodes'] != 1 else ''} (ready in {self.ready_s:.1f} s)"
         )
         if info["lost"]:
             line += f"; {info['lost']} lost, {info['redone']} questions redone on another"
