@@ -44,6 +44,7 @@ def check_once_each(out: Path, ids: list[str]) -> list[dict[str, Any]]:
     return records
 
 
+@pytest.mark.slow
 def test_the_same_records_in_input_order_with_the_cap_across_workers(
     cli: Runner, loopback: LoopbackServer, ray_cluster: str, tmp_path: Path
 ) -> None:
@@ -84,6 +85,7 @@ def test_the_same_records_in_input_order_with_the_cap_across_workers(
         assert mine == theirs
 
 
+@pytest.mark.slow
 def test_resume_on_ray_keeps_what_is_done_and_redoes_the_rest(
     cli: Runner, loopback: LoopbackServer, ray_cluster: str, tmp_path: Path
 ) -> None:
@@ -112,6 +114,7 @@ def test_resume_on_ray_keeps_what_is_done_and_redoes_the_rest(
     assert out.read_text().splitlines()[: len(kept)] == kept  # untouched, in place
 
 
+@pytest.mark.slow
 def test_a_worker_killed_mid_run_loses_nothing_and_writes_nothing_twice(
     env: dict[str, str], loopback: LoopbackServer, ray_cluster: str, tmp_path: Path
 ) -> None:
@@ -141,6 +144,7 @@ def test_a_worker_killed_mid_run_loses_nothing_and_writes_nothing_twice(
     assert "1 lost" in running.stderr and "questions redone" in running.stderr
 
 
+@pytest.mark.slow
 def test_usage_errors_leave_the_output_alone(cli: Runner, ray_cluster: str, tmp_path: Path) -> None:
     source = write_jsonl(tmp_path / "in.jsonl", rows(2))
     out = tmp_path / "out.jsonl"

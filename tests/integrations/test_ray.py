@@ -1,5 +1,6 @@
 """AnswerQuestions in a real Ray Data pipeline (``map_batches`` on two actors), against
-the loopback server, with the cluster-wide limits; and the install hint without Ray."""
+the loopback server, with the cluster-wide limits; each batch format on its own; and the
+install hint without Ray."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import pytest
 import ray
 
 from sotflow.backends.openai import OpenAIBackend
+from sotflow.backends.scripted import ScriptedBackend
 from sotflow.cli.records import OUTPUT_FIELDS
 from sotflow.integrations.ray import AnswerQuestions, ClusterLimits
 from sotflow.testing import Fault, LoopbackServer
@@ -26,6 +28,8 @@ SOT = (
 )
 FAILING = "What are good habits for sleeping well? [[refused]]"
 CAP = 3
+
+pytestmark = pytest.mark.filterwarnings("ignore:.*deprecated:DeprecationWarning")
 
 
 @pytest.fixture(scope="module")
@@ -66,6 +70,7 @@ def by_id(rows: list[dict[str, Any]]) -> dict[Any, dict[str, Any]]:
     return {row["id"]: row for row in rows}
 
 
+@pytest.mark.slow
 def test_every_row_comes_back_with_the_batch_fields_and_its_own(answered: dict) -> None:
     rows = answered["rows"]
     assert len(rows) == 14
@@ -89,6 +94,7 @@ def test_every_row_comes_back_with_the_batch_fields_and_its_own(answered: dict) 
     assert unnamed["topic"] == "no id" and unnamed["error"] is None and unnamed["answer"]
 
 
+@pytest.mark.slow
 def test_failed_rows_are_rows_with_their_error(answered: dict) -> None:
     records = by_id(answered["rows"])
     empty = records["empty"]
@@ -100,6 +106,7 @@ def test_failed_rows_are_rows_with_their_error(answered: dict) -> None:
     assert refused["answer"] is None and refused["topic"] == "z"
 
 
+@pytest.mark.slow
 def test_the_cap_holds_across_the_actors(answered: dict) -> None:
     assert answered["server"]["peak_in_flight"] == CAP  # two actors, one cap
     assert answered["limits"]["holders_seen"] == 2
@@ -121,3 +128,39 @@ def test_without_ray_the_import_says_how_to_install() -> None:
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode != 0
     assert "pip install 'sotflow[ray]'" in done.stderr
+
+
+def echo_backend() -> ScriptedBackend:
+    return ScriptedBackend(lambda request: f"answer to: {request.messages[-1].content}")
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("form", ["numpy", "pandas", "pyarrow"])
+async def test_every_batch_format_gives_the_same_columns(form: str) -> None:
+    """Ray Data hands a batch over as numpy arrays (its default), a pandas DataFrame or
+    a pyarrow Table; each comes back as the same columns, with plain Python values."""
+    import numpy as np
+    import pandas as pd
+    import pyarrow as pa
+
+    columns = {
+        "id": [1, 2, 3],
+        "question": ["Why is the sky blue?", None, "Why is grass green?"],
+        "score": [0.5, float("nan"), 2.0],
+        "tags": [["a", "b"], [], ["c"]],
+    }
+    batch: Any = {
+        "numpy": lambda: {k: np.array(v, dtype=object if k == "tags" else None)
+                          for k, v in columns.items()},
+        "pandas": lambda: pd.DataFrame(columns),
+        "pyarrow": lambda: pa.table(columns),
+    }[form]()  # fmt: skip
+    answer = AnswerQuestions("direct", backend=echo_backend)
+    out = await answer(batch)
+    assert set(out) == set(OUTPUT_FIELDS) | {"score", "tags"}
+    assert out["id"] == [1, 2, 3] and all(type(i) is int for i in out["id"])
+    assert out["answer"][0] == "answer to: Why is the sky blue?"
+    assert out["error"][1]["type"] == "InputError" and out["answer"][1] is None
+    assert out["tags"] == [["a", "b"], [], ["c"]]
+    assert out["score"][0] == 0.5 and out["score"][1] is None  # a missing number: None
+    await answer.aclose()

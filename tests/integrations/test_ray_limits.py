@@ -14,7 +14,7 @@ import pytest
 from sotflow.errors import ConfigurationError
 from sotflow.integrations.ray import ClusterLimits, LeasedLimiter
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 
 
 async def wait_until(condition: Callable[[], bool], what: str) -> None:
