@@ -11,7 +11,9 @@ against the loopback server answering like a model with ``--fault-rate`` of its
 replies failing (429, 5xx, broken streams, malformed bodies).
 
 Checked in every round, from the output file and the server's own counters: every
-question answered exactly once (0 lost, 0 duplicated), every bad line an error record,
+question written exactly once (0 lost, 0 duplicated; a question whose retries the
+faults outlasted is written with its error, counted and shown as failed), every bad
+line an error record,
 the server's peak of calls in flight at most ``--max-calls``, and the requests that
 reached the server in every 60 s window at most ``--rpm`` (+5%: the server's request
 counter is sampled every 50 ms, so a window is known to within a sample).
@@ -140,6 +142,13 @@ def run_round(
     records, broken = read_records(out)
     ids = Counter(str(r["id"]) for r in records)
     answered = {str(r["id"]) for r in records if r["error"] is None and r["answer"]}
+    # A question written with its error is kept, not lost (--resume redoes it): counted
+    # apart, with what failed it, since 10% faults can outlast a question's retries.
+    failed = Counter(
+        f"{r['error']['type']}: {r['error'].get('message', '')[:120]}"
+        for r in records
+        if r["error"] is not None and str(r["id"]) in set(good)
+    )
     bad_records = {str(r["id"]): r["error"] for r in records if str(r["id"]) in set(bad)}
     busiest = clock.busiest(60.0)
     ready = re.search(r"ready in ([\d.]+) s", stderr)
@@ -150,7 +159,9 @@ def run_round(
         "wall_s": wall,
         "start_s": start_s,
         "answered": len(answered),
-        "lost": len(set(good) - answered),
+        "lost": len(set(good) - set(ids)),
+        "failed": sum(failed.values()),
+        "failures": dict(failed),
         "duplicated": sum(1 for v in ids.values() if v > 1),
         "broken_lines": broken,
         "bad_lines": len(bad),
@@ -254,12 +265,13 @@ def main() -> None:
         f"`--strategy sot --concurrency {args.concurrency} --max-calls {args.max_calls} "
         f"--rpm {args.rpm}`, Ray rounds with {args.workers} workers"
     )
-    print("| round | exit | answered | lost / duplicated | bad lines as errors | peak in flight "
-          "| busiest 60 s (requests) | wall s | worker start s | questions/s |")  # fmt: skip
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("| round | exit | answered | failed | lost / duplicated | bad lines as errors "
+          "| peak in flight | busiest 60 s (requests) | wall s | worker start s "
+          "| questions/s |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rounds:
         print(
-            f"| {r['mode']} | {r['exit_code']} | {r['answered']} | {r['lost']} / "
+            f"| {r['mode']} | {r['exit_code']} | {r['answered']} | {r['failed']} | {r['lost']} / "
             f"{r['duplicated']} | {r['bad_lines_as_errors']}/{r['bad_lines']} | "
             f"{r['peak_in_flight']} | {r['busiest_60s_requests']:,} | "
             f"{r['wall_s']:.1f} | {r['start_s']:.1f} | "
@@ -267,6 +279,9 @@ def main() -> None:
         )
     print(f"\nray / single, questions per second (medians): {ratio_wall:.2f}x of wall time, "
           f"{ratio_answering:.2f}x of answering time")  # fmt: skip
+    for r in rounds:
+        for what, count in r["failures"].items():
+            print(f"{r['mode']}: {count} question(s) failed with {what}")
     if args.json:
         args.json.write_text(json.dumps(result, indent=2))
     problems = [

@@ -548,10 +548,15 @@ class LeasedLimiter(Limiter):
     def _heartbeat(self) -> None:
         period = self.limits.ttl_s / 3
         while not self._stop.wait(period):
+            if not ray.is_initialized():
+                # Ray was shut down under us: a call now would start a new local Ray.
+                return
             holder = self.holder
             try:
                 alive = ray.get(self._actor.renew.remote(holder), timeout=period)
-            except Exception:  # the broker is gone or slow: the next lease says so
+            except RayActorError:  # the broker is gone for good (it is never restarted)
+                return
+            except Exception:  # slow, or Ray shutting down: the next lease says so
                 continue
             if not alive and holder == self.holder:
                 self._expired = True
