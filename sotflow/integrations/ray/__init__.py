@@ -7,7 +7,7 @@
     answers = ray.data.read_json("questions.jsonl").map_batches(
         AnswerQuestions,
         fn_constructor_kwargs={"strategy": "sot", "backend": make_backend, "limits": limits},
-        concurrency=4,
+        compute=ray.data.ActorPoolStrategy(size=4),  # Ray < 2.51: concurrency=4
         batch_size=16,
     )
 

@@ -51,7 +51,7 @@ class AnswerQuestions:
     >>> answers = questions.map_batches(
     ...     AnswerQuestions,
     ...     fn_constructor_kwargs={"strategy": "sot", "backend": make_backend, "limits": limits},
-    ...     concurrency=4, batch_size=16,
+    ...     compute=ray.data.ActorPoolStrategy(size=4), batch_size=16,
     ... )
 
     ``backend`` is a picklable callable that builds the backend in the worker (default:
