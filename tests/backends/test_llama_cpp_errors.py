@@ -41,7 +41,8 @@ def test_an_architecture_llama_cpp_lacks(tmp_path: Path) -> None:
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
     writer.close()
-    with pytest.raises(ConfigurationError, match="architecture llama.cpp supports|runtime='torch'"):
+    hint = r"architecture llama\.cpp supports|runtime='torch'"
+    with pytest.raises(ConfigurationError, match=hint):
         LocalBackend(str(path))
 
 
@@ -74,7 +75,7 @@ def test_runtime_choice(tiny_gguf: Path, tmp_path: Path, monkeypatch: pytest.Mon
     folder = tmp_path / "hf"
     folder.mkdir()
     (folder / "config.json").write_text("{}")
-    with pytest.raises(ConfigurationError, match="runs .gguf files"):
+    with pytest.raises(ConfigurationError, match=r"runs \.gguf files"):
         choose_runtime(sources.resolve_model(str(folder)), "llama.cpp", "cpu")
     # Without llama-cpp-python, a GGUF falls back to torch (with a warning), never fails.
     real = sources.importlib.util.find_spec

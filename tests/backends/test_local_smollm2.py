@@ -82,7 +82,7 @@ QUESTIONS = ["Give me two tips for sleeping well.", "What is the capital of Fran
 def test_the_default_runtime_is_llama_cpp_and_loads_no_torch() -> None:
     # A fresh process: what a user's `sotflow ask` does, measured from outside.
     code = (
-        "import json, sys, anyio, sotflow\n"
+        "import json, sys, anyio, sotflow, sotflow.testing\n"
         "b = sotflow.LocalBackend('smollm2')\n"
         "c = anyio.run(b.complete, sotflow.Request.of('Name a colour.', max_tokens=8))\n"
         "print(json.dumps({'runtime': b.stats['runtime'], 'text': c.text,\n"
