@@ -23,7 +23,7 @@ from ..events import AnswerDelta, AnswerReset, RunFinished
 from ..serve import add_arguments as serve_arguments
 from ..strategies.registry import make_strategy
 from ..types import Decision
-from .batch import run_batch
+from .batch import answer_with, run_batch
 from .options import (
     add_backend_options,
     add_run_options,
@@ -129,6 +129,8 @@ def cmd_batch(args: argparse.Namespace) -> int:
             f"duplicate ids in {args.input}: {shown}. Ids name the output records, so each "
             "must be unique; fix them or drop the 'id' fields to number lines instead."
         )
+    if args.ray_workers is not None and args.ray is None:
+        raise ConfigurationError("--ray-workers needs --ray (the workers are Ray's)")
     output = Path(args.output) if args.output != "-" else None
     if args.resume and output is None:
         raise ConfigurationError("--resume needs an output file, not stdout")
@@ -155,33 +157,53 @@ def cmd_batch(args: argparse.Namespace) -> int:
             )
     todo = [item for item in items if item.key not in done]
     stats = BatchStats(total=len(items), skipped=len(items) - len(todo))
-    backend = make_backend(args)
-    strategy = _strategy(args, backend)
     prices = load_prices(args.prices)
-    writer = OutputWriter(args.output, append=bool(args.resume))
+    # Who answers: this process, or Ray workers (started before the output is touched,
+    # so a cluster or workers that cannot start leave it as it was).
+    cluster = None
+    if args.ray is not None:
+        from .ray_batch import RayAnswering
+
+        cluster = RayAnswering(args)
+        model, local = cluster.model, cluster.local
+    else:
+        backend = make_backend(args)
+        strategy = _strategy(args, backend)
+        model, local = backend.model, backend.name == "local"
     try:
-        with ProgressBar(stats, enabled=not args.quiet) as bar:
+        writer = OutputWriter(args.output, append=bool(args.resume))
+        try:
+            with ProgressBar(stats, enabled=not args.quiet) as bar:
 
-            async def run() -> Any:
-                async with _engine(args, backend) as engine:
-                    return await run_batch(
-                        todo,
-                        engine=engine,
-                        strategy=strategy,
-                        writer=writer,
-                        stats=stats,
-                        concurrency=args.concurrency,
-                        ordered=args.ordered,
-                        on_progress=bar.update,
-                        grace_s=args.grace,
-                    )
+                async def run() -> Any:
+                    def batch(answer: Any) -> Any:
+                        return run_batch(
+                            todo,
+                            answer=answer,
+                            writer=writer,
+                            stats=stats,
+                            concurrency=args.concurrency,
+                            ordered=args.ordered,
+                            on_progress=bar.update,
+                            grace_s=args.grace,
+                        )
 
-            outcome = anyio.run(run)
+                    if cluster is not None:
+                        async with cluster as answer:
+                            return await batch(answer)
+                    async with _engine(args, backend) as engine:
+                        return await batch(answer_with(engine, strategy))
+
+                outcome = anyio.run(run)
+        finally:
+            writer.close()
     finally:
-        writer.close()
+        if cluster is not None:
+            cluster.close()
     if not args.quiet:
-        local = backend.name == "local"
-        print(stats.summary(backend.model, prices, local=local), file=sys.stderr)
+        print(stats.summary(model, prices, local=local), file=sys.stderr)
+        if cluster is not None:
+            print(cluster.report(), file=sys.stderr)
     if outcome.fatal or outcome.interrupted:
         if outcome.fatal:
             print(f"sotflow: stopped early: {outcome.fatal}", file=sys.stderr)
@@ -379,6 +401,22 @@ def build_parser() -> argparse.ArgumentParser:
     batch.add_argument("--quiet", action="store_true", help="no progress bar, no summary")
     batch.add_argument("--prices", help="JSON file of USD per million tokens per model")
     batch.add_argument("--grace", type=float, default=10.0, help="seconds to finish after Ctrl-C")
+    cluster = batch.add_argument_group("Ray cluster")
+    cluster.add_argument(
+        "--ray",
+        nargs="?",
+        const="local",
+        metavar="ADDRESS",
+        help="answer on a Ray cluster: its address (ray://host:10001, host:6379, auto), or "
+        "none for $RAY_ADDRESS or a new local one; --max-calls, --rpm and --tpm then hold "
+        "for the whole cluster. Put it after the input file, or give the address with =",
+    )
+    cluster.add_argument(
+        "--ray-workers",
+        type=positive_int,
+        metavar="N",
+        help="answering workers, one CPU each (default: one per node, at least 2)",
+    )
     add_run_options(batch)
     add_backend_options(batch)
 

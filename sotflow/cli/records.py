@@ -28,6 +28,7 @@ __all__ = [
     "answer_record",
     "carry",
     "error_record",
+    "item_from_object",
     "read_items",
     "repair_and_load",
 ]
@@ -87,6 +88,29 @@ def _refuse_json_array(lines: list[str], path: str) -> None:
         )
 
 
+def item_from_object(data: Any, number: int, where: str | None = None) -> InputItem:
+    """One parsed input object (a JSONL line, a Ray Data row) as an item to answer, or
+    as a problem to report; ``where`` names it in problems (default ``line <number>``)."""
+    where = where or f"line {number}"
+    if not isinstance(data, dict):
+        return InputItem(number, number, None, problem=f"{where}: expected a JSON object")
+    data = dict(data)
+    item_id = data.pop("id", number)
+    if item_id is None or isinstance(item_id, dict | list):
+        return InputItem(number, number, None, data, f"{where}: 'id' must be a string or a number")
+    question = data.pop("question", None)
+    if question is None:
+        question = data.pop("prompt", None)
+    if not isinstance(question, str) or not question.strip():
+        what = (
+            "has no 'question' (or 'prompt')"
+            if question is None
+            else "has an empty or non-text question"
+        )
+        return InputItem(item_id, number, None, data, f"{where}: {what}")
+    return InputItem(item_id, number, question, data)
+
+
 def read_items(path: str) -> list[InputItem]:
     lines, jsonl = _lines(path)
     if jsonl or path == "-":  # stdin has no suffix to say it is not JSON
@@ -105,31 +129,7 @@ def read_items(path: str) -> list[InputItem]:
                 InputItem(number, number, None, problem=f"line {number}: not valid JSON ({exc})")
             )
             continue
-        if not isinstance(data, dict):
-            items.append(
-                InputItem(number, number, None, problem=f"line {number}: expected a JSON object")
-            )
-            continue
-        item_id = data.pop("id", number)
-        if item_id is None or isinstance(item_id, dict | list):
-            items.append(
-                InputItem(
-                    number, number, None, data, f"line {number}: 'id' must be a string or a number"
-                )
-            )
-            continue
-        question = data.pop("question", None)
-        if question is None:
-            question = data.pop("prompt", None)
-        if not isinstance(question, str) or not question.strip():
-            what = (
-                "has no 'question' (or 'prompt')"
-                if question is None
-                else "has an empty or non-text question"
-            )
-            items.append(InputItem(item_id, number, None, data, f"line {number}: {what}"))
-            continue
-        items.append(InputItem(item_id, number, question, data))
+        items.append(item_from_object(data, number))
     return items
 
 
