@@ -378,18 +378,34 @@ async def serve(backend: Backend, host: str = "127.0.0.1", port: int = 8000) -> 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The serve options, shared by ``python -m sotflow.serve`` and ``sotflow serve``."""
     parser.add_argument("--model", default="smollm2", help="alias, HF folder, .gguf file or hub id")
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)"
+    )
+    parser.add_argument("--port", type=int, default=8000, help="port to listen on (default 8000)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, ...")
-    parser.add_argument("--dtype", default=None, help="float32 (default), bfloat16, float16")
-    parser.add_argument("--max-batch-size", type=int, default=16)
+    parser.add_argument(
+        "--dtype", default=None, help="float32, bfloat16, float16 (default: chosen for the device)"
+    )
+    parser.add_argument(
+        "--max-batch-size",
+        type=int,
+        default=16,
+        help="requests decoded together in one batch at most (default 16)",
+    )
     parser.add_argument(
         "--decoding",
         default=None,
-        help="plain, prompt_lookup (default), jacobi, lookahead, hybrid, medusa, cerberus",
+        help="how greedy decoding guesses ahead: plain, prompt_lookup, jacobi, lookahead, "
+        "hybrid, medusa, cerberus (default: chosen for the model and runtime; the 'loaded' "
+        "line on stderr names the one in use)",
     )
     parser.add_argument(
         "--heads", default=None, help="draft heads file for medusa/cerberus (sotflow train-heads)"
+    )
+    parser.add_argument(
+        "--verbose",
+        action="store_true",
+        help="also show other libraries' progress bars and log lines while loading",
     )
 
 
@@ -398,16 +414,25 @@ def run(args: argparse.Namespace) -> int:
     import sys
 
     from .backends.local import LocalBackend
+    from .cli.options import decoding_of
+    from .cli.quiet import hush_third_party, loading
 
+    verbose = getattr(args, "verbose", False)
+    if not verbose:
+        hush_third_party()
     try:
-        backend = LocalBackend(
-            args.model,
-            device=args.device,
-            dtype=args.dtype,
-            max_batch_size=args.max_batch_size,
-            decoding=args.decoding,
-            heads=args.heads,
-        )
+        with loading(f"the local model {args.model}", verbose=verbose) as details:
+            backend = LocalBackend(
+                args.model,
+                device=args.device,
+                dtype=args.dtype,
+                max_batch_size=args.max_batch_size,
+                decoding=args.decoding,
+                heads=args.heads,
+            )
+            mode = decoding_of(backend)
+            if mode:
+                details.append(f"decoding: {mode}")
     except ConfigurationError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

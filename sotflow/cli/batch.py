@@ -3,8 +3,10 @@
 Ctrl-C (or SIGTERM) stops launching new questions and gives the ones in flight a grace
 period to finish; a second Ctrl-C, or the end of the grace period, cancels them.
 Unfinished items are simply not written, so ``--resume`` redoes exactly those. An
-error that would fail every item the same way (a bad API key, no quota left) also
-stops the launching, instead of writing a thousand identical failures.
+error that would fail every item the same way (a bad API key, no quota left, an
+endpoint that does not answer) also stops the launching, instead of writing a thousand
+identical failures. When stdout's reader goes away (``-o - | head``), everything stops:
+nobody is left to take the records.
 """
 
 from __future__ import annotations
@@ -19,18 +21,21 @@ import anyio
 
 from ..engine import Engine
 from ..strategies.base import Strategy
-from .records import InputItem, OutputWriter, answer_record, error_record
+from .records import InputItem, OutputWriter, ReaderGone, answer_record, error_record
 from .report import BatchStats
 
 __all__ = ["BatchOutcome", "run_batch"]
 
-FATAL_ERRORS = frozenset({"AuthenticationError", "QuotaExceededError"})
+FATAL_ERRORS = frozenset({"AuthenticationError", "QuotaExceededError", "EndpointUnreachableError"})
 
 
 @dataclass
 class BatchOutcome:
     interrupted: bool = False
     fatal: str | None = None
+    """The message of an error that stopped the batch (see ``FATAL_ERRORS``)."""
+    fatal_type: str | None = None
+    reader_gone: bool = False
     unfinished: int = 0
 
 
@@ -59,27 +64,41 @@ async def run_batch(
 
     def emit(position: int, record: dict[str, Any]) -> None:
         nonlocal next_out, written
-        if window is None:
-            writer.write(record)
-            written += 1
-        else:
-            waiting[position] = record
-            while next_out in waiting:
-                writer.write(waiting.pop(next_out))
+        try:
+            if window is None:
+                writer.write(record)
                 written += 1
-                next_out += 1
-                window.release()
+            else:
+                waiting[position] = record
+                while next_out in waiting:
+                    writer.write(waiting.pop(next_out))
+                    written += 1
+                    next_out += 1
+                    window.release()
+        except ReaderGone:
+            outcome.reader_gone = True
+            stopping.set()
+            work_scope.cancel()
+            return
         stats.add(record)
         on_progress()
         error = record.get("error") or {}
         if error.get("type") in FATAL_ERRORS and not stopping.is_set():
             outcome.fatal = error.get("message") or error["type"]
+            outcome.fatal_type = error["type"]
             stopping.set()
 
     async def answer(position: int, item: InputItem) -> None:
+        assert item.question is not None
+        stats.in_flight += 1
         try:
-            assert item.question is not None
-            result = await engine.run(strategy, item.question, return_errors=True, run_id=item.key)
+            try:
+                result = await engine.run(
+                    strategy, item.question, return_errors=True, run_id=item.key
+                )
+            finally:
+                stats.in_flight -= 1
+            # Recorded before the slot is freed: a fatal error stops the next launch.
             emit(position, answer_record(item, result))
         finally:
             runs.release()
@@ -125,7 +144,14 @@ async def run_batch(
     # Finished items still held back by an unfinished earlier one: better out of order
     # than lost (the earlier one is redone by --resume).
     for position in sorted(waiting):
-        writer.write(waiting.pop(position))
+        record = waiting.pop(position)
+        if outcome.reader_gone:
+            continue
+        try:
+            writer.write(record)
+        except ReaderGone:
+            outcome.reader_gone = True
+            continue
         written += 1
     outcome.unfinished = len(items) - written
     return outcome

@@ -11,8 +11,17 @@ from typing import Any
 from ..backends.base import Backend
 from ..errors import ConfigurationError
 from ..strategies.registry import STRATEGY_NAMES
+from .quiet import loading
 
-__all__ = ["add_backend_options", "add_run_options", "make_backend", "positive_int"]
+__all__ = [
+    "add_backend_options",
+    "add_run_options",
+    "decoding_of",
+    "make_backend",
+    "non_negative_float",
+    "positive_float",
+    "positive_int",
+]
 
 API_HINT = """\
   - point sotflow at an OpenAI-compatible API:
@@ -53,6 +62,16 @@ def positive_float(text: str) -> float:
     return value
 
 
+def non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value >= 0:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {value}")
+    return value
+
+
 def add_backend_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("model")
     group.add_argument(
@@ -72,14 +91,30 @@ def add_backend_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--device", default="auto", help="local backend: cpu, cuda, ... (default auto)"
     )
-    group.add_argument("--dtype", default=None, help="local backend: float32, bfloat16, float16")
+    group.add_argument(
+        "--dtype",
+        default=None,
+        help="local backend: float32, bfloat16, float16 (default: chosen for the device)",
+    )
     group.add_argument(
         "--decoding",
         default=None,
-        help="local backend: plain, prompt_lookup (default), jacobi, lookahead, hybrid, "
-        "medusa, cerberus",
+        help="local backend: how greedy decoding guesses ahead: plain, prompt_lookup, "
+        "jacobi, lookahead, hybrid, medusa, cerberus (default: chosen for the model and "
+        "runtime; the 'loaded' line on stderr names the one in use)",
     )
-    group.add_argument("--heads", default=None, help="local backend: a draft heads file")
+    group.add_argument(
+        "--heads",
+        default=None,
+        help="local backend: a draft heads file from `sotflow train-heads` (for --decoding "
+        "medusa or cerberus)",
+    )
+    group.add_argument(
+        "--verbose",
+        action="store_true",
+        help="also show other libraries' progress bars and log lines (model loading, "
+        "llama.cpp, transformers, Ray); hidden by default",
+    )
 
 
 def add_run_options(parser: argparse.ArgumentParser, *, default_strategy: str = "auto") -> None:
@@ -103,10 +138,30 @@ def add_run_options(parser: argparse.ArgumentParser, *, default_strategy: str = 
     )
     group.add_argument("--rpm", type=positive_int, help="requests per minute cap")
     group.add_argument("--tpm", type=positive_int, help="tokens per minute cap")
-    group.add_argument("--max-retries", type=int, default=4, help="retries per call (default 4)")
-    group.add_argument("--timeout", type=positive_float, default=120.0, help="seconds per attempt")
-    group.add_argument("--max-tokens", type=positive_int, help="cap on a direct answer's tokens")
-    group.add_argument("--temperature", type=float, help="sampling temperature")
+    group.add_argument(
+        "--max-retries",
+        type=int,
+        default=4,
+        help="retries per model call after a retryable failure (default 4)",
+    )
+    group.add_argument(
+        "--timeout",
+        type=positive_float,
+        default=120.0,
+        help="seconds one attempt of a model call may take (default 120)",
+    )
+    group.add_argument(
+        "--max-tokens",
+        type=positive_int,
+        help="cap on the tokens of a direct answer (default 512; also SoT's direct fallback "
+        "and each sample of a sampling strategy); SoT's outline and points keep their own caps",
+    )
+    group.add_argument(
+        "--temperature",
+        type=float,
+        help="sampling temperature (default: each strategy's own; none is sent for a direct "
+        "answer or SoT, so the server's applies)",
+    )
     group.add_argument(
         "--router",
         choices=("rules", "llm", "embedding"),
@@ -124,6 +179,16 @@ def _local_available() -> bool:
         return all(importlib.util.find_spec(m) is not None for m in modules)
     except (ImportError, ValueError):
         return False
+
+
+def decoding_of(backend: Any) -> str | None:
+    """The decoding mode a local backend settled on, where it says."""
+    mode = getattr(backend, "decoding", None)
+    if isinstance(mode, str):
+        return mode
+    config = getattr(getattr(backend, "decoder", None), "config", None)
+    mode = getattr(config, "mode", None)
+    return mode if isinstance(mode, str) else None
 
 
 def make_backend(args: argparse.Namespace, *, concurrency: int | None = None) -> Backend:
@@ -172,14 +237,25 @@ def make_backend(args: argparse.Namespace, *, concurrency: int | None = None) ->
         raise ConfigurationError(
             f"the local backend needs the 'local' extra: pip install 'sotflow[local]' ({exc})"
         ) from exc
-    return LocalBackend(  # type: ignore[no-any-return]
-        model=args.model or os.environ.get("SOTFLOW_MODEL") or "smollm2",
-        device=args.device,
-        dtype=args.dtype,
-        decoding=getattr(args, "decoding", None),
-        heads=getattr(args, "heads", None),
-        **limits,
-    )
+    model = args.model or os.environ.get("SOTFLOW_MODEL") or "smollm2"
+    device = "" if args.device == "auto" else f" on {args.device}"
+    with loading(
+        f"the local model {model}{device}",
+        quiet=getattr(args, "quiet", False),
+        verbose=getattr(args, "verbose", False),
+    ) as details:
+        backend = LocalBackend(
+            model=model,
+            device=args.device,
+            dtype=args.dtype,
+            decoding=getattr(args, "decoding", None),
+            heads=getattr(args, "heads", None),
+            **limits,
+        )
+        mode = decoding_of(backend)
+        if mode:
+            details.append(f"decoding: {mode}")
+    return backend  # type: ignore[no-any-return]
 
 
 def make_router(args: argparse.Namespace, backend: Backend | None) -> Any:
@@ -190,7 +266,15 @@ def make_router(args: argparse.Namespace, backend: Backend | None) -> Any:
     if args.router == "embedding":
         from ..routing.embedding import EmbeddingRouter
 
-        return EmbeddingRouter()
+        router = EmbeddingRouter()
+        # Loaded now, where its line says so, not silently inside the first question.
+        with loading(
+            "the embedding router (all-MiniLM-L6-v2)",
+            quiet=getattr(args, "quiet", False),
+            verbose=getattr(args, "verbose", False),
+        ):
+            router.encoder.load()
+        return router
     from ..routing.llm import LLMRouter
 
     if backend is None:

@@ -6,6 +6,7 @@ import importlib.metadata
 import importlib.util
 import json
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -88,7 +89,7 @@ def test_route_a_question_and_a_file(cli: Runner, loopback: LoopbackServer, tmp_
     assert result.code == 1  # the bad line is reported, the rest decided
     assert result.stdout == ""
     rows = [json.loads(line) for line in out.read_text().splitlines()]
-    assert [r["id"] for r in rows] == ["x", 2, "y"]
+    assert [r["id"] for r in rows] == ["x", "2", "y"]
     assert [r.get("strategy") for r in rows] == ["direct", None, "sot"]
     assert rows[0]["label"] == "direct"  # carried
     # Input fields named like the router's own are kept beside them, as batch does.
@@ -201,6 +202,14 @@ def test_with_no_api_configured_the_local_model_answers(cli: Runner) -> None:
     )  # fmt: skip
     assert result.code == 0, result.stderr
     assert "using the local model smollm2" in result.stderr
+    # Loading says what it does and how long it took, in sotflow's words only: the
+    # libraries' own bars ("Loading weights", GGUF de-quantizing) and logs stay hidden.
+    lines = result.stderr.splitlines()
+    assert "sotflow: loading the local model smollm2 ..." in lines
+    loaded = [line for line in lines if line.startswith("sotflow: loaded the local model")]
+    assert len(loaded) == 1 and re.search(r" in \d+\.\d s", loaded[0]), result.stderr
+    assert "decoding: " in loaded[0]
+    assert all(line.startswith("sotflow: ") for line in lines), result.stderr
     record = json.loads(result.stdout)
     assert record["error"] is None and record["answer"]
     assert 0 < record["usage"]["completion_tokens"] <= 8
