@@ -7,7 +7,7 @@ concurrent model calls.
 ...     answer = await engine.run(sotflow.Direct(), "How do I sleep better?")
 """
 
-from .backends.base import Backend, Capabilities
+from .backends.base import Backend, Capabilities, ModelView
 from .backends.local import LocalBackend
 from .backends.openai import OpenAIBackend
 from .backends.scripted import Fail, Reply, ScriptedBackend
@@ -55,6 +55,7 @@ from .strategies import (
     Chain,
     Direct,
     Judge,
+    Passthrough,
     Refine,
     RejectionSampling,
     Routed,
@@ -75,6 +76,7 @@ from .types import (
     Point,
     Request,
     SamplingParams,
+    ToolCall,
     Trace,
     Usage,
 )
@@ -123,6 +125,7 @@ __all__ = [
     "LocalBackend",
     "MalformedResponseError",
     "Message",
+    "ModelView",
     "NoAnswerError",
     "NodeContext",
     "NodeFailed",
@@ -132,6 +135,7 @@ __all__ = [
     "OpenAIBackend",
     "Outcome",
     "Part",
+    "Passthrough",
     "Point",
     "ProviderError",
     "QuotaExceededError",
@@ -159,6 +163,7 @@ __all__ = [
     "StreamInterruptedError",
     "StreamReset",
     "TextDelta",
+    "ToolCall",
     "Trace",
     "TreeSearch",
     "Usage",

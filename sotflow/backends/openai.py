@@ -1,8 +1,9 @@
 """Any OpenAI-compatible chat-completions API, plain and streamed.
 
-All provider-specific mapping lives here: how a ``Request`` becomes a JSON body, how
-a body or an SSE stream becomes a ``Completion``, and how error statuses and their
-headers become ``sotflow.errors``. The bytes travel over a ``Transport``
+The JSON shapes (a ``Request`` as a body, a body or a stream of chunks as a
+``Completion``, tool calls included) are ``sotflow.openai_wire``'s, shared with the
+server side. What is provider-specific lives here: how error statuses and their
+headers become ``sotflow.errors``, and how the bytes travel, over a ``Transport``
 (aiohttp by default, httpx on request) or through a ready ``openai.AsyncOpenAI``
 client, whose own retries are turned off: the engine is the one retry layer.
 """
@@ -27,7 +28,8 @@ from ..errors import (
     StreamInterruptedError,
     error_from_status,
 )
-from ..types import Choice, Completion, Delta, Request, TokenLogprob, Usage
+from ..openai_wire import StreamAssembler, completion_from_wire, request_body
+from ..types import Completion, Request
 from .base import BaseBackend, Capabilities, StreamItem
 from .http import AiohttpTransport, HttpxTransport, Transport
 from .sse import SSEDecoder
@@ -174,48 +176,13 @@ class OpenAIBackend(BaseBackend):
 
     def body(self, request: Request, *, stream: bool) -> dict[str, Any]:
         """The JSON body for ``request`` (public so users can see what is sent)."""
-        messages = [{"role": m.role, "content": m.content} for m in request.messages]
-        body: dict[str, Any] = {"model": self.model, "messages": messages}
-        if request.prefill:
-            if self.capabilities.prefill:
-                messages.append({"role": "assistant", "content": request.prefill})
-                body["continue_final_message"] = True
-                body["add_generation_prompt"] = False
-            else:
-                messages[-1] = {
-                    "role": messages[-1]["role"],
-                    "content": f"{messages[-1]['content']}\n\nBegin your reply with exactly: "
-                    f"{request.prefill}",
-                }
-        p = request.params
-        if p.max_tokens is not None:
-            body["max_tokens"] = p.max_tokens
-        if p.temperature is not None:
-            body["temperature"] = p.temperature
-        if p.top_p is not None:
-            body["top_p"] = p.top_p
-        if p.n != 1:
-            body["n"] = p.n
-        if p.stop:
-            body["stop"] = list(p.stop)
-        if p.seed is not None:
-            body["seed"] = p.seed
-        if p.logprobs:
-            body["logprobs"] = True
-            if p.top_logprobs:
-                body["top_logprobs"] = p.top_logprobs
-        # Not in OpenAI's API; vLLM and sotflow serve accept them. Sent only when asked.
-        if p.top_k is not None:
-            body["top_k"] = p.top_k
-        if p.min_p is not None:
-            body["min_p"] = p.min_p
-        if p.repetition_penalty is not None:
-            body["repetition_penalty"] = p.repetition_penalty
-        if stream:
-            body["stream"] = True
-            body["stream_options"] = {"include_usage": True}
-        body.update(self.extra_body)
-        return body
+        return request_body(
+            request,
+            model=self.model,
+            stream=stream,
+            prefill=self.capabilities.prefill,
+            extra_body=self.extra_body,
+        )
 
     # -- calls -----------------------------------------------------------------------
 
@@ -244,7 +211,12 @@ class OpenAIBackend(BaseBackend):
     async def stream(self, request: Request) -> AsyncIterator[StreamItem]:
         body = self.body(request, stream=True)
         chunks = self._sdk_stream(body) if self._client is not None else self._http_stream(body)
-        assembler = _StreamAssembler(request, self)
+        assembler = StreamAssembler(
+            request,
+            model=self.model,
+            where=self._where(),
+            prefill_in_words=not self.capabilities.prefill,
+        )
         async with aclosing(chunks):
             async for chunk in chunks:
                 for delta in assembler.add(chunk):
@@ -305,7 +277,8 @@ class OpenAIBackend(BaseBackend):
     def _sdk_args(self, body: dict[str, Any]) -> dict[str, Any]:
         known = {
             "model", "messages", "max_tokens", "temperature", "top_p", "n", "stop", "seed",
-            "logprobs", "top_logprobs", "stream", "stream_options",
+            "logprobs", "top_logprobs", "stream", "stream_options", "tools", "tool_choice",
+            "response_format",
         }  # fmt: skip
         args = {k: v for k, v in body.items() if k in known}
         extra = {k: v for k, v in body.items() if k not in known}
@@ -414,155 +387,12 @@ class OpenAIBackend(BaseBackend):
         )
 
     def _parse_completion(self, data: Any, request: Request) -> Completion:
-        if not isinstance(data, dict):
-            raise MalformedResponseError(
-                f"{self._where()} answered with something other than an object"
-            )
-        if data.get("error"):
+        if isinstance(data, dict) and data.get("error"):
             raise self._status_error(500, {}, json.dumps(data).encode())
-        raw_choices = data.get("choices")
-        if not isinstance(raw_choices, list) or not raw_choices:
-            raise MalformedResponseError(f"{self._where()} answered without choices")
-        choices = []
-        for position, raw in enumerate(raw_choices):
-            try:
-                message = raw.get("message") or {}
-                text = message.get("content") or ""
-                logprobs = _parse_logprobs((raw.get("logprobs") or {}).get("content"))
-                index = raw.get("index", position)
-            except (AttributeError, TypeError) as exc:
-                raise MalformedResponseError(f"{self._where()} sent a malformed choice") from exc
-            choices.append(
-                Choice(
-                    index, self._strip_prefill(text, request), raw.get("finish_reason"), logprobs
-                )
-            )
-        choices.sort(key=lambda c: c.index)
-        usage = _parse_usage(data.get("usage"))
-        if usage is None:
-            usage = _estimate_usage(request, [c.text for c in choices])
-        return Completion(tuple(choices), usage, str(data.get("model") or self.model))
-
-    def _strip_prefill(self, text: str, request: Request) -> str:
-        """Without real prefill we asked the model to start with it; keep only what follows."""
-        prefill = request.prefill
-        if prefill and not self.capabilities.prefill:
-            stripped = text.lstrip()
-            if stripped.startswith(prefill):
-                return stripped[len(prefill) :]
-        return text
-
-
-class _StreamAssembler:
-    """Turns chat-completion chunks into deltas and, at the end, one ``Completion``."""
-
-    def __init__(self, request: Request, backend: OpenAIBackend) -> None:
-        self.request = request
-        self.backend = backend
-        self.texts: dict[int, list[str]] = {}
-        self.reasons: dict[int, str] = {}
-        self.logprobs: dict[int, list[TokenLogprob]] = {}
-        self.usage: Usage | None = None
-        self.model = ""
-        # Without real prefill the model writes the prefill itself: text is held back
-        # until it is clear whether the reply starts with it, then the prefill is cut.
-        self.strip = bool(request.prefill) and not backend.capabilities.prefill
-        self.held: dict[int, str] = {}
-        self.decided: set[int] = set()
-        self.released: list[Delta] = []
-
-    def add(self, chunk: dict[str, Any]) -> list[Delta]:
-        if not self.model and chunk.get("model"):
-            self.model = str(chunk["model"])
-        usage = chunk.get("usage")
-        if usage:
-            self.usage = _parse_usage(usage)
-        out: list[Delta] = []
-        choices = chunk.get("choices")
-        if not choices:
-            return out
-        try:
-            for raw in choices:
-                index = raw.get("index", 0)
-                delta = raw.get("delta") or {}
-                text = delta.get("content")
-                if text and self.strip and index not in self.decided:
-                    text = self._cut_prefill(index, text)
-                if text:
-                    self.texts.setdefault(index, []).append(text)
-                    out.append(Delta(text, index))
-                lp = raw.get("logprobs")
-                if lp and lp.get("content"):
-                    self.logprobs.setdefault(index, []).extend(_parse_logprobs(lp["content"]) or ())
-                if raw.get("finish_reason"):
-                    self.reasons[index] = raw["finish_reason"]
-        except (AttributeError, TypeError) as exc:
-            raise MalformedResponseError(
-                f"{self.backend._where()} sent a malformed stream chunk"
-            ) from exc
-        return out
-
-    def _cut_prefill(self, index: int, text: str) -> str:
-        prefill = self.request.prefill or ""
-        seen = self.held.pop(index, "") + text
-        candidate = seen.lstrip()
-        if len(candidate) < len(prefill) and prefill.startswith(candidate):
-            self.held[index] = seen
-            return ""
-        self.decided.add(index)
-        return candidate[len(prefill) :] if candidate.startswith(prefill) else seen
-
-    def completion(self) -> Completion:
-        if not self.reasons:
-            raise StreamInterruptedError(
-                f"the stream from {self.backend._where()} stopped before any choice finished"
-            )
-        for index, held in self.held.items():
-            # The whole reply was a prefix of the prefill, so it is the reply.
-            self.texts.setdefault(index, []).append(held)
-            self.released.append(Delta(held, index))
-        self.held.clear()
-        indices = sorted(set(self.texts) | set(self.reasons))
-        choices = tuple(
-            Choice(
-                index,
-                "".join(self.texts.get(index, ())),
-                self.reasons.get(index),
-                tuple(self.logprobs[index]) if index in self.logprobs else None,
-            )
-            for index in indices
+        return completion_from_wire(
+            data,
+            request,
+            model=self.model,
+            where=self._where(),
+            prefill_in_words=not self.capabilities.prefill,
         )
-        usage = self.usage or _estimate_usage(self.request, [c.text for c in choices])
-        return Completion(choices, usage, self.model or self.backend.model)
-
-
-def _parse_usage(raw: Any) -> Usage | None:
-    if not isinstance(raw, dict):
-        return None
-    try:
-        prompt = int(raw.get("prompt_tokens") or 0)
-        completion = int(raw.get("completion_tokens") or 0)
-        total = int(raw.get("total_tokens") or prompt + completion)
-    except (TypeError, ValueError):
-        return None
-    return Usage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=total)
-
-
-def _estimate_usage(request: Request, texts: list[str]) -> Usage:
-    """Roughly 4 characters a token, as a stand-in when the server reports no usage."""
-    prompt = sum(len(m.content) for m in request.messages) // 4 + 4 * len(request.messages)
-    completion = sum(max(1, len(t) // 4) for t in texts if t)
-    return Usage.of(prompt, completion, estimated=True)
-
-
-def _parse_logprobs(raw: Any) -> tuple[TokenLogprob, ...] | None:
-    if not raw:
-        return None
-    out = []
-    for item in raw:
-        top = tuple(
-            (str(t.get("token", "")), float(t.get("logprob", 0.0)))
-            for t in item.get("top_logprobs") or ()
-        )
-        out.append(TokenLogprob(str(item.get("token", "")), float(item.get("logprob", 0.0)), top))
-    return tuple(out)
