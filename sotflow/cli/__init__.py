@@ -33,7 +33,7 @@ from .options import (
     non_negative_float,
     positive_int,
 )
-from .quiet import hush_third_party
+from .quiet import hush_third_party, show_third_party
 from .records import (
     InputItem,
     OutputWriter,
@@ -470,7 +470,9 @@ def main(argv: list[str] | None = None) -> None:
     """The ``sotflow`` command. Unless ``--verbose`` is given, it quiets other libraries
     for the whole process (environment, loggers, warnings: see ``cli.quiet``)."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    if "--verbose" not in argv:
+    if "--verbose" in argv:
+        show_third_party()
+    else:
         hush_third_party()
     parser = build_parser()
     trainers = {"train-router": cmd_train_router, "train-heads": cmd_train_heads}

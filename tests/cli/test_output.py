@@ -103,16 +103,113 @@ def test_every_option_of_every_command_says_what_it_does() -> None:
     assert missing == []
 
 
-@pytest.mark.parametrize("command", ["ask", "batch", "bench", "serve"])
-def test_decoding_help_claims_no_default_mode(cli: Runner, command: str) -> None:
-    result = cli(command, "--help")
-    assert result.code == 0
-    text = " ".join(result.stdout.split())  # argparse wraps lines
-    start = text.rindex("--decoding DECODING")  # the help, after the usage line
-    decoding = text[start : start + 400]
-    assert "(default)" not in decoding
-    assert "chosen for the model and runtime" in decoding
+def help_of(command: str, capsys: pytest.CaptureFixture[str]) -> str:
+    """``sotflow COMMAND --help``, in this process (the parser is all it needs), with
+    argparse's line wrapping undone."""
+    from sotflow.cli import main
+
+    with pytest.raises(SystemExit) as stop:
+        main([command, "--help"])
+    assert stop.value.code == 0
+    return " ".join(capsys.readouterr().out.split())
+
+
+def option_help(text: str, option: str) -> str:
+    """The help of ``option`` (its name and metavar, as the options list shows them; the
+    usage line brackets them), up to the next option."""
+    start = text.index(f" {option} ")
+    following = re.search(r" --?[a-z][\w-]* ", text[start + len(option) + 2 :])
+    end = start + len(option) + 2 + following.start() if following else len(text)
+    return text[start:end]
+
+
+LOCAL_COMMANDS = ["ask", "batch", "bench", "serve"]
+
+
+@pytest.mark.parametrize("command", LOCAL_COMMANDS)
+def test_decoding_help_says_how_the_default_is_chosen(
+    command: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    decoding = option_help(help_of(command, capsys), "--decoding MODE")
+    assert "(default)" not in decoding  # no mode is the default for every model
+    assert "chosen per model: cerberus where draft heads are bundled" in decoding
+    assert "else prompt_lookup" in decoding
+    assert "block costs measured on this machine decide" in decoding
     assert "'loaded' line" in decoding  # where to see the mode in use
+
+
+def test_the_decoding_choices_are_the_decoders_modes() -> None:
+    from sotflow.cli.options import DECODING_MODES
+    from sotflow.decoding.batched import DECODE_MODES
+
+    # Kept apart so that the CLI's parser needs no numpy; they must not drift.
+    assert DECODING_MODES == DECODE_MODES
+
+
+@pytest.mark.parametrize("command", LOCAL_COMMANDS)
+def test_runtime_and_threads_are_options_of_every_local_command(
+    command: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    text = help_of(command, capsys)
+    runtime = option_help(text, "--runtime {auto,llama.cpp,torch}")
+    assert "llama.cpp" in runtime and "torch" in runtime and "(default auto)" in runtime
+    threads = option_help(text, "--threads N")
+    assert "CPU threads" in threads and "default" in threads
+
+
+@pytest.mark.parametrize(
+    ("args", "complaint"),
+    [
+        (["--threads", "0"], "--threads: expected a positive number, got 0"),
+        (["--runtime", "onnx"], "--runtime: invalid choice: 'onnx'"),
+        (["--decoding", "fast"], "--decoding: invalid choice: 'fast'"),
+    ],
+)
+@pytest.mark.parametrize("command", ["ask", "serve"])
+def test_bad_local_options_are_usage_errors_before_anything_loads(
+    command: str, args: list[str], complaint: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from sotflow.cli import main
+
+    head = ["ask", "Name a colour.", "--backend", "local"] if command == "ask" else ["serve"]
+    with pytest.raises(SystemExit) as stop:
+        main([*head, *args])
+    assert stop.value.code == 2
+    assert complaint in capsys.readouterr().err
+
+
+def test_the_runtime_option_reaches_the_local_backend(cli: Runner) -> None:
+    # The llama.cpp runtime runs on the CPU only: the backend refuses this pair before it
+    # loads anything, which it can only do if --runtime and --device both reached it.
+    result = cli("ask", "Name a colour.", "--backend", "local", "--model", "smollm2",
+                 "--runtime", "llama.cpp", "--device", "cuda")  # fmt: skip
+    assert result.code == 2, result.stderr
+    assert "llama.cpp runtime here runs on the CPU" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.slow
+def test_the_loaded_line_names_runtime_threads_and_decoding(cli: Runner) -> None:
+    result = cli("ask", "Name a colour.", "--backend", "local", "--model", "smollm2",
+                 "--runtime", "llama.cpp", "--threads", "1", "--strategy", "direct",
+                 "--max-tokens", "4", timeout=300)  # fmt: skip
+    assert result.code == 0, result.stderr
+    (loaded,) = [line for line in result.stderr.splitlines() if "loaded" in line]
+    assert re.fullmatch(
+        r"sotflow: loaded the local model smollm2 in \d+\.\d s "
+        r"\(llama\.cpp, 1 threads, \d+ cache cells; decoding: cerberus\)",
+        loaded,
+    ), loaded
+
+
+@pytest.mark.slow
+def test_verbose_lets_llama_cpp_say_what_it_loads(cli: Runner) -> None:
+    # Without --verbose its loader is silent (test_commands checks every stderr line is
+    # sotflow's own); with it, its log comes through.
+    result = cli("ask", "Hi", "--backend", "local", "--model", "smollm2", "--strategy",
+                 "direct", "--max-tokens", "2", "--verbose", timeout=300)  # fmt: skip
+    assert result.code == 0, result.stderr
+    assert "llama_model_loader: " in result.stderr
 
 
 def test_bench_help_describes_json(cli: Runner) -> None:
@@ -171,3 +268,34 @@ def test_loading_hides_what_libraries_print_unless_verbose_or_it_failed(
     assert ("C-LEVEL NOISE" in lines and "PYTHON NOISE" in lines) is shown
     loaded = [line for line in lines if line.startswith("sotflow: loaded the thing in ")]
     assert len(loaded) == (0 if outcome == "fail" else 1)
+
+
+WARNER = """
+import warnings
+from sotflow.cli.quiet import hush_third_party
+
+hush_third_party()
+# Each warning as if raised in the named module (warnings go by the caller's __name__).
+for module, category in [
+    ("transformers.modeling_utils", UserWarning),
+    ("sotflow.engine", UserWarning),
+    ("sotflow.runtimes.llama_cpp.weights", ResourceWarning),
+]:
+    exec(
+        "import warnings; warnings.warn(message, category)",
+        {"__name__": module, "message": f"{category.__name__} from {module}", "category": category},
+    )
+"""
+
+
+def test_hushing_hides_other_libraries_warnings_and_keeps_pythons_rules_for_ours() -> None:
+    from .conftest import clean_env
+
+    done = subprocess.run(
+        [CLI[0], "-c", WARNER], cwd=ROOT, env=clean_env(), capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    assert "from transformers" not in done.stderr
+    assert "UserWarning from sotflow.engine" in done.stderr
+    # Python hides ResourceWarning unless asked (-X dev); hushing must not unhide it.
+    assert "ResourceWarning" not in done.stderr, done.stderr

@@ -6,7 +6,9 @@ temporary folder), with ``OPENAI_BASE_URL`` pointing at the session's loopback s
 the SDK and the CLI find it the way they would find any API.
 
 The two install/test commands are checked by ``tests/test_readme.py`` (they are what CI
-runs); the blocks named in ``NOT_RUN`` are not run here, each for the reason given.
+runs); the blocks named in ``NOT_RUN`` are not run here, each for the reason given, and
+the sections in ``RUN_ELSEWHERE`` have a test of their own that runs their blocks and
+checks what they print (run here too, they would only cost the suite a second time).
 """
 
 from __future__ import annotations
@@ -36,6 +38,10 @@ NOT_RUN = {
 }
 
 
+# Sections whose ```python blocks another test runs as written, and which test.
+RUN_ELSEWHERE = {"LangChain": "tests/integrations/test_readme_langchain.py"}
+
+
 def blocks(language: str) -> list[tuple[str, str]]:
     """(heading, code) of every fenced block in ``language``, in README order."""
     found = []
@@ -52,12 +58,20 @@ def block_id(heading: str, code: str) -> str:
     return f"{heading}: {code.strip().splitlines()[0][:40]}"
 
 
-PYTHON = blocks("python")
+PYTHON = [(heading, code) for heading, code in blocks("python") if heading not in RUN_ELSEWHERE]
 SHELL = [
     (heading, code)
     for heading, code in blocks("bash")
     if not any(code.lstrip().startswith(prefix) for prefix in NOT_RUN)
 ]
+
+
+def test_every_python_block_is_run_here_or_by_its_sections_own_test() -> None:
+    sections = {heading for heading, _ in blocks("python")}
+    assert PYTHON and sections - set(RUN_ELSEWHERE), "some blocks are run here"
+    for heading, test in RUN_ELSEWHERE.items():
+        assert heading in sections, f"no python block under {heading!r} any more"
+        assert f"### {heading}\\n" in (ROOT / test).read_text(encoding="utf-8"), test
 
 
 def needs_a_local_model(code: str) -> bool:
