@@ -3,8 +3,10 @@
 Ctrl-C (or SIGTERM) stops launching new questions and gives the ones in flight a grace
 period to finish; a second Ctrl-C, or the end of the grace period, cancels them.
 Unfinished items are simply not written, so ``--resume`` redoes exactly those. An
-error that would fail every item the same way (a bad API key, no quota left) also
-stops the launching, instead of writing a thousand identical failures.
+error that would fail every item the same way (a bad API key, no quota left, an
+endpoint that does not answer) also stops the launching, instead of writing a thousand
+identical failures. When stdout's reader goes away (``-o - | head``), everything stops:
+nobody is left to take the records.
 
 How an item is answered is the caller's: ``answer_with(engine, strategy)`` in this
 process, or a pool of Ray workers (``sotflow batch --ray``); the order, the stopping and
@@ -23,12 +25,12 @@ import anyio
 
 from ..engine import Engine
 from ..strategies.base import Strategy
-from .records import InputItem, OutputWriter, answer_record, error_record
+from .records import InputItem, OutputWriter, ReaderGone, answer_record, error_record
 from .report import BatchStats
 
 __all__ = ["Answerer", "BatchOutcome", "answer_with", "run_batch"]
 
-FATAL_ERRORS = frozenset({"AuthenticationError", "QuotaExceededError"})
+FATAL_ERRORS = frozenset({"AuthenticationError", "QuotaExceededError", "EndpointUnreachableError"})
 
 Answerer = Callable[[InputItem], Awaitable[dict[str, Any]]]
 """Answers one item with its output record (an answer or an error, never a raise)."""
@@ -49,6 +51,9 @@ def answer_with(engine: Engine, strategy: Strategy) -> Answerer:
 class BatchOutcome:
     interrupted: bool = False
     fatal: str | None = None
+    """The message of an error that stopped the batch (see ``FATAL_ERRORS``)."""
+    fatal_type: str | None = None
+    reader_gone: bool = False
     unfinished: int = 0
 
 
@@ -77,33 +82,47 @@ async def run_batch(
     work_scope = anyio.CancelScope()
 
     def write(record: dict[str, Any]) -> None:
+        """Raises ReaderGone when stdout's reader has left."""
         nonlocal written
-        written += 1
         key = str(record["id"])
         if key not in emitted:
-            emitted.add(key)
             writer.write(record)
+            emitted.add(key)
+        written += 1
 
     def emit(position: int, record: dict[str, Any]) -> None:
         nonlocal next_out
-        if window is None:
-            write(record)
-        else:
-            waiting[position] = record
-            while next_out in waiting:
-                write(waiting.pop(next_out))
-                next_out += 1
-                window.release()
+        try:
+            if window is None:
+                write(record)
+            else:
+                waiting[position] = record
+                while next_out in waiting:
+                    write(waiting.pop(next_out))
+                    next_out += 1
+                    window.release()
+        except ReaderGone:
+            outcome.reader_gone = True
+            stopping.set()
+            work_scope.cancel()
+            return
         stats.add(record)
         on_progress()
         error = record.get("error") or {}
         if error.get("type") in FATAL_ERRORS and not stopping.is_set():
             outcome.fatal = error.get("message") or error["type"]
+            outcome.fatal_type = error["type"]
             stopping.set()
 
     async def launch(position: int, item: InputItem) -> None:
+        stats.in_flight += 1
         try:
-            emit(position, await answer(item))
+            try:
+                record = await answer(item)
+            finally:
+                stats.in_flight -= 1
+            # Recorded before the slot is freed: a fatal error stops the next launch.
+            emit(position, record)
         finally:
             runs.release()
 
@@ -148,7 +167,13 @@ async def run_batch(
     # Finished items still held back by an unfinished earlier one: better out of order
     # than lost (the earlier one is redone by --resume).
     for position in sorted(waiting):
-        write(waiting.pop(position))
+        record = waiting.pop(position)
+        if outcome.reader_gone:
+            continue
+        try:
+            write(record)
+        except ReaderGone:
+            outcome.reader_gone = True
     outcome.unfinished = len(items) - written
     return outcome
 

@@ -72,10 +72,10 @@ def test_the_same_records_in_input_order_with_the_cap_across_workers(
 
     records = read_records(out)
     ids = [r["id"] for r in records]
-    assert ids == ["q00", "q01", "q02", 4, "q03", "q04", "q05", "blank", "q06", "q07", "q08",
+    assert ids == ["q00", "q01", "q02", "4", "q03", "q04", "q05", "blank", "q06", "q07", "q08",
                    "q09"]  # fmt: skip
     bad = {r["id"]: r["error"] for r in records if r["error"]}
-    assert bad[4]["type"] == "InputError" and "line 4: not valid JSON" in bad[4]["message"]
+    assert bad["4"]["type"] == "InputError" and "line 4: not valid JSON" in bad["4"]["message"]
     assert bad["blank"]["type"] == "InputError"
     # Record for record what the single-process batch wrote, but for the timing.
     expected = {r["id"]: r for r in read_records(tmp_path / "alone.jsonl")}

@@ -88,5 +88,5 @@ def test_the_first_command_line_runs_as_written(reader_env: dict[str, str], tmp_
     assert "2 answered, 0 failed (of 2)" in done.stderr
     assert "ray: 2 workers on 1 node" in done.stderr
     records = [json.loads(line) for line in (tmp_path / "answers.jsonl").read_text().splitlines()]
-    assert sorted(r["id"] for r in records) == [0, 1]
+    assert sorted(r["id"] for r in records) == ["0", "1"]
     assert all(r["error"] is None and r["answer"] for r in records)

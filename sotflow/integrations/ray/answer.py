@@ -164,7 +164,9 @@ def _item(row: dict[str, Any], number: int) -> InputItem:
         item = item_from_object(row, number, f"row {number} of its batch (no id)")
         item.id = None
         return item
-    return item_from_object(row, number, f"row id={row['id']!r}")
+    item = item_from_object(row, number, f"row id={row['id']!r}")
+    item.id = row["id"]
+    return item
 
 
 def _plain(value: Any) -> Any:
