@@ -1,7 +1,9 @@
-"""Shared fixtures: the anyio backend and one loopback server for the whole session."""
+"""Shared fixtures: the anyio backend, one loopback server and (for the tests that ask
+for it) one local Ray cluster for the whole session."""
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterator
 
@@ -36,3 +38,22 @@ def server(_loopback_process: LoopbackServer) -> LoopbackServer:
     srv.configure(ttft=0.0, tps=0.0, fault_rate=0.0, api_key=None)
     srv.reset()
     return srv
+
+
+@pytest.fixture(scope="session")
+def ray_cluster() -> Iterator[str]:
+    """A local Ray cluster of 2 CPUs, started once (it takes seconds) and shut down at the
+    end; this process is its driver. Yields the address ``sotflow batch --ray`` joins."""
+    import ray
+
+    ray.init(
+        address="local",
+        num_cpus=2,
+        include_dashboard=False,
+        logging_level=logging.WARNING,
+        log_to_driver=False,
+    )
+    try:
+        yield ray.get_runtime_context().gcs_address
+    finally:
+        ray.shutdown()

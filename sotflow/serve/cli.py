@@ -89,6 +89,9 @@ def _positive(kind: type) -> Any:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The serve options, shared by ``python -m sotflow.serve`` and ``sotflow serve``."""
+    # Imported here: the cli package imports this module to build its own parser.
+    from ..cli.options import add_local_options
+
     source = parser.add_argument_group("what answers")
     source.add_argument(
         "--upstream",
@@ -115,16 +118,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     source.add_argument(
         "--model", default=None, help="local model: alias, HF folder, .gguf file (default smollm2)"
     )
-    source.add_argument("--device", default="auto", help="local model: auto, cpu, cuda, ...")
-    source.add_argument("--dtype", default=None, help="local model: float32, bfloat16, float16")
-    source.add_argument("--max-batch-size", type=_positive(int), default=16)
     source.add_argument(
-        "--decoding",
-        default=None,
-        help="local model: plain, prompt_lookup, jacobi, lookahead, hybrid, medusa, cerberus",
+        "--max-batch-size",
+        type=_positive(int),
+        default=16,
+        help="local model: requests decoded together in one batch at most (default 16)",
     )
+    add_local_options(source, prefix="local model: ")
     source.add_argument(
-        "--heads", default=None, help="draft heads file for medusa/cerberus (sotflow train-heads)"
+        "--verbose",
+        action="store_true",
+        help="also show other libraries' progress bars and log lines while loading",
     )
     net = parser.add_argument_group("serving")
     net.add_argument("--host", default="127.0.0.1")
@@ -198,16 +202,10 @@ def _upstream(args: argparse.Namespace, limiter: Limiter) -> tuple[Backend, str 
 
 
 def _local(args: argparse.Namespace, limiter: Limiter) -> Backend:
-    from ..backends.local import LocalBackend
+    from ..cli.options import load_local
 
-    return LocalBackend(
-        args.model or "smollm2",
-        device=args.device,
-        dtype=args.dtype,
-        max_batch_size=args.max_batch_size,
-        decoding=args.decoding,
-        heads=args.heads,
-        limiter=limiter,
+    return load_local(
+        args, args.model or "smollm2", max_batch_size=args.max_batch_size, limiter=limiter
     )
 
 
@@ -241,6 +239,12 @@ async def _main(
 
 def run(args: argparse.Namespace) -> int:
     """Serve until interrupted; 2 on a configuration error."""
+    from ..cli.quiet import hush_third_party, show_third_party
+
+    if args.verbose:
+        show_third_party()
+    else:
+        hush_third_party()
     try:
         keys = _client_keys(args)
         if not _is_loopback(args.host) and not keys:
