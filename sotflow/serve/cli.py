@@ -131,7 +131,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="also show other libraries' progress bars and log lines while loading",
     )
     net = parser.add_argument_group("serving")
-    net.add_argument("--host", default="127.0.0.1")
+    net.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to listen on (default 127.0.0.1; beyond loopback needs --api-key)",
+    )
     net.add_argument("--port", type=int, default=8000, help="0 picks a free port")
     net.add_argument(
         "--api-key",
@@ -140,7 +144,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"a key clients must send (repeat for several; or {KEYS_ENV}, comma-separated); "
         "required to bind beyond loopback",
     )
-    net.add_argument("--max-body-bytes", type=_positive(int), default=8 * 1024 * 1024)
+    net.add_argument(
+        "--max-body-bytes",
+        type=_positive(int),
+        default=8 * 1024 * 1024,
+        help="largest request body taken; beyond it a 413 (default 8 MiB)",
+    )
     limits = parser.add_argument_group("limits, shared by every client")
     limits.add_argument(
         "--max-concurrency",
@@ -154,8 +163,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     limits.add_argument(
         "--request-timeout", type=_positive(float), default=600.0, help="s per whole request"
     )
-    limits.add_argument("--max-retries", type=int, default=4)
-    limits.add_argument("--router", choices=("rules", "embedding"), default="rules")
+    limits.add_argument(
+        "--max-retries", type=int, default=4, help="retries of a failed call (default 4)"
+    )
+    limits.add_argument(
+        "--router",
+        choices=("rules", "embedding"),
+        default="rules",
+        help="the router of auto/<model> (default rules)",
+    )
 
 
 def _is_loopback(host: str) -> bool:

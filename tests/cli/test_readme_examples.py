@@ -33,6 +33,8 @@ README = (ROOT / "README.md").read_text(encoding="utf-8")
 NOT_RUN = {
     "pip install torch": "the install command: CI runs it (tests/test_readme.py)",
     "python -m pytest": "the test command: this very suite",
+    "sotflow serve --upstream": "proxies a real API (api.openai.com); tests/test_proxy.py runs "
+    "the command in front of the loopback server",
     "sotflow train-heads": "trains on the reader's own model folder (path/to/model); "
     "tests/cli/test_train_heads.py runs the command on a tiny model",
 }
