@@ -60,8 +60,10 @@ def served() -> str:
 def test_models_lists_the_served_model(served: str) -> None:
     with urllib.request.urlopen(f"{served}/models", timeout=10) as response:
         data = json.loads(response.read())
-    (model,) = data["data"]
-    assert "smollm2" in model["id"].lower()
+    # The model itself first, then every strategy over it (sot/<model>, ...).
+    ids = [entry["id"] for entry in data["data"]]
+    assert "smollm2" in ids[0].lower() and "/" not in ids[0]
+    assert f"sot/{ids[0]}" in ids and f"auto/{ids[0]}" in ids
 
 
 @pytest.mark.slow
