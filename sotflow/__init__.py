@@ -7,7 +7,7 @@ concurrent model calls.
 ...     answer = await engine.run(sotflow.Direct(), "How do I sleep better?")
 """
 
-from .backends.base import Backend, Capabilities
+from .backends.base import Backend, Capabilities, ServerProfile
 from .backends.local import LocalBackend
 from .backends.openai import OpenAIBackend
 from .backends.scripted import Fail, Reply, ScriptedBackend
@@ -148,6 +148,7 @@ __all__ = [
     "ScriptedBackend",
     "SelfConsistency",
     "ServerError",
+    "ServerProfile",
     "SkeletonOfThought",
     "SotflowError",
     "Step",

@@ -343,3 +343,36 @@ async def test_a_saturated_batch_finishes_the_questions_it_started_first() -> No
     assert max(i for i, q in enumerate(started) if q == 0) < 8, started
     finished = sorted(range(5), key=lambda i: answers[i].latency_s)
     assert finished == [0, 1, 2, 3, 4]
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("start", [8, None], ids=["capped", "uncapped"])
+async def test_narrowing_the_cap_mid_flight_lets_no_new_call_past_it(start: int | None) -> None:
+    # A server found to run one call at a time: the calls already sent finish, and no
+    # new one starts until the count is under the new cap.
+    limiter = Limiter(max_concurrency=start)
+    started: list[int] = []  # in-flight count seen by each call as it starts
+    release = anyio.Event()
+
+    async def one() -> None:
+        async with limiter.slot():
+            started.append(limiter.in_flight)
+            await (release.wait() if len(started) <= 4 else anyio.sleep(0.001))
+
+    async with anyio.create_task_group() as tg:
+        for _ in range(4):
+            tg.start_soon(one)
+        while limiter.in_flight < 4:  # noqa: ASYNC110
+            await anyio.sleep(0.001)
+        limiter.narrow(1)
+        for _ in range(6):
+            tg.start_soon(one)
+        await anyio.sleep(0.02)
+        assert len(started) == 4  # nothing new while four are out
+        release.set()
+    assert started[4:] == [1] * 6
+    assert limiter.max_concurrency == 1
+    limiter.narrow(5)  # never widens
+    assert limiter.max_concurrency == 1
+    with pytest.raises(ConfigurationError):
+        limiter.narrow(0)

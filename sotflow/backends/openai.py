@@ -5,21 +5,35 @@ a body or an SSE stream becomes a ``Completion``, and how error statuses and the
 headers become ``sotflow.errors``. The bytes travel over a ``Transport``
 (aiohttp by default, httpx on request) or through a ready ``openai.AsyncOpenAI``
 client, whose own retries are turned off: the engine is the one retry layer.
+
+Servers differ in what they really do with a request (see ``ServerProfile``). The
+backend measures its server once, when a strategy first asks (``await
+backend.profile()``; ``sotflow.backends.probe``), and learns from real replies too: a
+stream without usage, fewer choices than ``n``, streams cut off whenever another request
+arrives. It adapts: prefill only where the server continues it, ``n`` fanned out into
+single calls where it is ignored, one call at a time where the server serialises.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import email.utils
 import json
 import os
+import re
 import time
 from collections.abc import AsyncIterator, Mapping
 from contextlib import aclosing
+from pathlib import Path
 from typing import Any, Literal
+
+import anyio
+import anyio.lowlevel
 
 from ..errors import (
     APIConnectionError,
     APITimeoutError,
+    BackendError,
     ConfigurationError,
     MalformedResponseError,
     ProviderError,
@@ -28,11 +42,14 @@ from ..errors import (
     error_from_status,
 )
 from ..types import Choice, Completion, Delta, Request, TokenLogprob, Usage
-from .base import BaseBackend, Capabilities, StreamItem
+from .base import BaseBackend, Capabilities, ServerProfile, StreamItem
 from .http import AiohttpTransport, HttpxTransport, Transport
+from .probe import ProfileCache, known_profile, probe_server
 from .sse import SSEDecoder
 
-__all__ = ["OpenAIBackend", "parse_retry_after"]
+__all__ = ["OpenAIBackend", "cut_prefill_echo", "parse_retry_after", "profile_setting"]
+
+PROFILE_ENV = "SOTFLOW_SERVER_PROFILE"
 
 OPENAI_BASE_URL = "https://api.openai.com/v1"
 DEFAULT_MODEL = "gpt-4o-mini"
@@ -82,14 +99,100 @@ def _checked_base_url(url: str, source: str) -> str:
     return url.rstrip("/")
 
 
+ProfileSetting = ServerProfile | Literal["probe", "assume"]
+
+
+def profile_setting(value: str | Mapping[str, Any] | ServerProfile | None) -> ProfileSetting:
+    """``probe``, ``assume``, a ``ServerProfile``, or its JSON / dict form, checked."""
+    if value is None or isinstance(value, ServerProfile):
+        return value or "probe"
+    if isinstance(value, Mapping):
+        return ServerProfile.from_dict(dict(value))
+    text = value.strip()
+    if text in ("probe", "assume"):
+        return text  # type: ignore[return-value]
+    if text.startswith("{"):
+        try:
+            data = json.loads(text)
+        except ValueError as exc:
+            raise ConfigurationError(
+                f"the server profile {text!r} is not valid JSON: {exc}"
+            ) from None
+        if isinstance(data, dict):
+            return ServerProfile.from_dict(data)
+    raise ConfigurationError(
+        f"a server profile is 'probe' (measure the server once), 'assume' (measure nothing: "
+        f"a hosted API that runs calls side by side) or JSON such as "
+        f'{{"parallel_gain": 1.0, "prefill": false}}; got {value!r}'
+    )
+
+
+_SEPARATORS = " \t-:–—."
+
+
+def cut_prefill_echo(text: str, prefill: str, *, final: bool = True) -> str | None:
+    """What follows the prefill in a reply that was asked to start with it.
+
+    A server that cannot continue a prefilled message was asked, in words, to begin
+    with ``prefill``. Models do, but loosely: ``1. Set goals -`` comes back as
+    ``1. Set goals - ...``, ``1. Set goals\n...``, ``Set goals: ...`` or ``set goals``.
+    Every such echo (its list number optional, case and spacing free, its trailing
+    punctuation optional) is cut with the separator after it; a reply that does not
+    start with it is returned whole. ``None`` (only when not ``final``) means "too
+    little text yet to tell".
+    """
+    candidate = text.lstrip()
+    head = re.match(r"(\d+)[.)]\s*", prefill)
+    title = prefill[head.end() :] if head else prefill
+    core = title.rstrip(_SEPARATORS)
+    if not core:
+        # A bare list number ("1."): exactly it, what follows untouched.
+        if len(candidate) < len(prefill) and prefill.startswith(candidate) and not final:
+            return None
+        return candidate[len(prefill) :] if candidate.startswith(prefill) else text
+    number = rf"(?:{head.group(1)}[.)]\s*)?" if head else ""
+    words = r"\s+".join(re.escape(w) for w in core.split())
+    bold = r"(?:\*\*)?"
+    pattern = re.compile(rf"{bold}{number}{bold}{words}{bold}[ \t]*(?:[-:–—.][ \t]*)?", re.I)
+    if not final and len(candidate) < len(prefill) + 2:
+        return None  # a separator (or a newline) may still come
+    match = pattern.match(candidate)
+    if match is None:
+        return text
+    return candidate[match.end() :]
+
+
+class _ProbeLock:
+    """One probe at a time per backend, per event loop (anyio locks belong to one)."""
+
+    def __init__(self) -> None:
+        self._token: object = None
+        self._lock: anyio.Lock | None = None
+
+    def get(self) -> anyio.Lock:
+        token = anyio.lowlevel.current_token()
+        if self._lock is None or self._token != token:
+            self._token, self._lock = token, anyio.Lock()
+        return self._lock
+
+
 class OpenAIBackend(BaseBackend):
     """An OpenAI-compatible chat-completions endpoint.
 
     ``base_url`` and ``api_key`` default to ``OPENAI_BASE_URL`` and ``OPENAI_API_KEY``;
-    ``model`` to ``SOTFLOW_MODEL`` or ``gpt-4o-mini``. Set ``prefill=True`` only for
-    servers that continue a final assistant message when asked with
-    ``continue_final_message`` (vLLM, ``sotflow serve``); elsewhere strategies ask for
-    the start of the reply in words instead.
+    ``model`` to ``SOTFLOW_MODEL`` or ``gpt-4o-mini``.
+
+    ``prefill``: ``None`` (default) uses prefill where the server's profile shows it
+    continues a final assistant message (``continue_final_message``: vLLM, ``sotflow
+    serve``) and asks for the start of the reply in words elsewhere; ``True`` says the
+    server can (still checked when the server is measured); ``False`` never prefills.
+
+    ``profile``: ``"probe"`` (default, or ``$SOTFLOW_SERVER_PROFILE``) measures the server
+    the first time a strategy asks for it (about 7 short calls, once per backend;
+    api.openai.com is known and not measured); ``"assume"`` measures nothing and treats
+    the server as a hosted API that runs calls side by side; a ``ServerProfile`` (or
+    its dict / JSON form) declares it. ``profile_cache=True`` (or a file path) keeps
+    measurements on disk for a day, keyed by ``base_url`` and ``model``.
     """
 
     name = "openai"
@@ -106,15 +209,31 @@ class OpenAIBackend(BaseBackend):
         client: Any = None,
         http_client: Any = None,
         transport: Literal["aiohttp", "httpx"] | Transport | None = None,
-        prefill: bool = False,
+        prefill: bool | None = None,
         logprobs: bool = True,
         headers: Mapping[str, str] | None = None,
         extra_body: Mapping[str, Any] | None = None,
+        profile: ProfileSetting | str | Mapping[str, Any] | None = None,
+        profile_cache: bool | str | os.PathLike[str] = False,
     ) -> None:
         super().__init__(max_concurrency=max_concurrency, rpm=rpm, tpm=tpm)
         self.model = model or os.environ.get("SOTFLOW_MODEL") or DEFAULT_MODEL
-        self.capabilities = Capabilities(prefill=prefill, logprobs=logprobs, n=True)
+        self.capabilities = Capabilities(prefill=bool(prefill), logprobs=logprobs, n=True)
         self.extra_body = dict(extra_body or {})
+        self._prefill_setting = prefill
+        self._profile_setting = profile_setting(
+            profile if profile is not None else os.environ.get(PROFILE_ENV)
+        )
+        self._profile_cache = (
+            None
+            if profile_cache is False
+            else ProfileCache(None if profile_cache is True else Path(profile_cache))
+        )
+        self._probe_lock = _ProbeLock()
+        self._probe_error: BackendError | None = None
+        self._seen: dict[str, Any] = {}
+        self._seen_notes: list[str] = []
+        self._interrupted = 0
         self._client = None
         if client is not None:
             if http_client is not None or transport is not None:
@@ -127,6 +246,7 @@ class OpenAIBackend(BaseBackend):
             self.base_url = str(client.base_url).rstrip("/")
             self._secret = getattr(client, "api_key", None) or None
             self._transport: Transport | None = None
+            self._init_profile()
             return
         self.base_url = _checked_base_url(
             base_url or os.environ.get("OPENAI_BASE_URL") or OPENAI_BASE_URL,
@@ -154,6 +274,114 @@ class OpenAIBackend(BaseBackend):
             raise ConfigurationError(f"transport must be 'aiohttp' or 'httpx', got {transport!r}")
         else:
             self._transport = transport
+        self._init_profile()
+
+    # -- the server's profile ------------------------------------------------------------
+
+    def _init_profile(self) -> None:
+        setting = self._profile_setting
+        if isinstance(setting, ServerProfile):
+            self._use_profile(setting)
+        elif setting == "assume":
+            self._use_profile(ServerProfile(prefill=self._prefill_setting, source="assumed"))
+        else:
+            published = known_profile(self.base_url)
+            if published is not None:
+                self._use_profile(published)
+
+    def _use_profile(self, profile: ServerProfile) -> None:
+        """Adopt ``profile``, reconciled with the user's ``prefill`` setting."""
+        notes = list(profile.notes)
+        prefill = profile.prefill
+        if self._prefill_setting is False:
+            prefill = False
+        elif self._prefill_setting is True and prefill is False and profile.source == "probed":
+            notes.append(
+                "prefill=True (--prefill) was given, but the server did not continue a "
+                "prefilled reply; the reply's start is asked for in words instead"
+            )
+        elif self._prefill_setting is True and prefill is None:
+            prefill = True
+        profile = profile.replace(prefill=prefill, notes=tuple(notes))
+        self.known_profile = profile
+        self.capabilities = dataclasses.replace(self.capabilities, prefill=bool(prefill))
+        if profile.serialises:
+            # The server would only queue the other calls, inside their per-attempt
+            # timeouts (or cut off its running stream for them): they queue here instead.
+            self.limiter.narrow(1)
+
+    async def profile(self) -> ServerProfile:
+        """The server's profile: declared, cached, or measured now (once per backend).
+
+        Raises the error of a probe call that failed (a wrong key, a dead endpoint); the
+        probe is not tried again by this backend, which then knows only what real
+        replies show.
+        """
+        if self.known_profile is None:
+            async with self._probe_lock.get():
+                if self._probe_error is not None:
+                    raise self._probe_error
+                if self.known_profile is None:
+                    try:
+                        measured = await self._measure()
+                    except BackendError as exc:
+                        self._probe_error = exc
+                        raise
+                    self._use_profile(measured)
+        assert self.known_profile is not None
+        return self._with_seen(self.known_profile)
+
+    @property
+    def current_profile(self) -> ServerProfile:
+        """What is known now, without measuring anything."""
+        base = self.known_profile or ServerProfile(prefill=self.capabilities.prefill)
+        return self._with_seen(base)
+
+    def _with_seen(self, profile: ServerProfile) -> ServerProfile:
+        if not self._seen and not self._seen_notes:
+            return profile
+        # What was measured or declared stands; real replies fill in what was not known.
+        known = {k: v for k, v in self._seen.items() if getattr(profile, k) is None}
+        return profile.replace(**known, notes=(*profile.notes, *self._seen_notes))
+
+    async def _measure(self) -> ServerProfile:
+        cache = self._profile_cache
+        key = ProfileCache.key(self.base_url, self.model)
+        if cache is not None:
+            cached = cache.get(key)
+            if cached is not None:
+                return cached
+        profile = await probe_server(self, check_prefill=self._prefill_setting is not False)
+        if cache is not None:
+            cache.put(key, profile)
+        return profile
+
+    def _observe(self, field: str, value: Any, note: str | None = None) -> None:
+        """A fact learned from a real reply (kept beside the measured profile)."""
+        if self._seen.get(field) == value:
+            return
+        self._seen[field] = value
+        if note:
+            self._seen_notes.append(note)
+
+    def _stream_cut_off(self) -> None:
+        # A stream that ended cleanly but unfinished while other calls were in flight:
+        # the mark of a server that serves one request at a time and ends the running
+        # stream when the next arrives (llama-cpp-python's default). Twice is a pattern.
+        if self.limiter.in_flight < 2:
+            return
+        measured = self.known_profile
+        if measured is not None and measured.parallel_gain is not None and not measured.serialises:
+            return
+        self._interrupted += 1
+        if self._interrupted == 2:
+            self._observe(
+                "parallel_gain",
+                1.0,
+                "the server cut off running streams when other requests arrived: it serves "
+                "one call at a time, so sotflow now sends it one at a time",
+            )
+            self.limiter.narrow(1)
 
     def __repr__(self) -> str:
         return f"OpenAIBackend(model={self.model!r}, base_url={self.base_url!r})"
@@ -211,29 +439,67 @@ class OpenAIBackend(BaseBackend):
 
     # -- calls -----------------------------------------------------------------------
 
-    async def complete(self, request: Request) -> Completion:
-        body = self.body(request, stream=False)
+    async def _raw_complete(self, body: dict[str, Any]) -> dict[str, Any]:
+        """POST ``body`` as it is; the decoded reply (errors mapped, nothing parsed)."""
         if self._client is not None:
-            data = await self._sdk_complete(body)
-        else:
-            assert self._transport is not None
-            response = await self._transport.post(
-                self._url, self._headers, json.dumps(body).encode()
-            )
-            if response.status >= 400:
-                raise self._status_error(response.status, response.headers, response.content)
-            try:
-                data = json.loads(response.content)
-            except ValueError as exc:
-                raise MalformedResponseError(
-                    f"{self._where()} answered with invalid JSON ({len(response.content)} bytes)"
-                ) from exc
-        return self._parse_completion(data, request)
+            return await self._sdk_complete(body)
+        assert self._transport is not None
+        response = await self._transport.post(self._url, self._headers, json.dumps(body).encode())
+        if response.status >= 400:
+            raise self._status_error(response.status, response.headers, response.content)
+        try:
+            data = json.loads(response.content)
+        except ValueError as exc:
+            raise MalformedResponseError(
+                f"{self._where()} answered with invalid JSON ({len(response.content)} bytes)"
+            ) from exc
+        return data  # type: ignore[no-any-return]
+
+    def _raw_stream(self, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+        return self._sdk_stream(body) if self._client is not None else self._http_stream(body)
+
+    def _n_ignored(self, request: Request) -> bool:
+        return request.params.n > 1 and self.current_profile.n is False
+
+    async def complete(self, request: Request) -> Completion:
+        if self._n_ignored(request):
+            return await self._fan_out(request, request.params.n)
+        data = await self._raw_complete(self.body(request, stream=False))
+        completion = self._parse_completion(data, request)
+        wanted = request.params.n
+        if wanted > 1 and len(completion.choices) < wanted:
+            self._observe("n", False, f"the server ignored n={wanted}; sotflow sends n calls")
+            extra = await self._fan_out(request, wanted - len(completion.choices))
+            completion = _merge(completion, extra)
+        return completion
+
+    async def _fan_out(self, request: Request, count: int) -> Completion:
+        """``count`` single-sample calls for a server that ignores ``n``, as one completion."""
+        single = Request(request.messages, request.params.replace(n=1), request.prefill)
+        results: list[Completion | None] = [None] * count
+
+        async def one(index: int) -> None:
+            data = await self._raw_complete(self.body(single, stream=False))
+            results[index] = self._parse_completion(data, single)
+
+        async with anyio.create_task_group() as tg:
+            for index in range(count):
+                tg.start_soon(one, index)
+        done = [r for r in results if r is not None]
+        merged = done[0]
+        for other in done[1:]:
+            merged = _merge(merged, other)
+        return merged
 
     async def stream(self, request: Request) -> AsyncIterator[StreamItem]:
-        body = self.body(request, stream=True)
-        chunks = self._sdk_stream(body) if self._client is not None else self._http_stream(body)
-        assembler = _StreamAssembler(request, self)
+        wanted = request.params.n
+        ignored = self._n_ignored(request)
+        sent = request
+        if ignored:
+            sent = Request(request.messages, request.params.replace(n=1), request.prefill)
+        body = self.body(sent, stream=True)
+        assembler = _StreamAssembler(sent, self)
+        chunks = self._raw_stream(body)
         async with aclosing(chunks):
             async for chunk in chunks:
                 for delta in assembler.add(chunk):
@@ -241,6 +507,15 @@ class OpenAIBackend(BaseBackend):
         completion = assembler.completion()
         for delta in assembler.released:
             yield delta  # text held back while it could still have been the prefill
+        if wanted > 1 and len(completion.choices) < wanted:
+            if not ignored:
+                self._observe("n", False, f"the server ignored n={wanted}; sotflow sends n calls")
+            extra = await self._fan_out(request, wanted - len(completion.choices))
+            first = len(completion.choices)
+            for offset, choice in enumerate(extra.choices):
+                if choice.text:
+                    yield Delta(choice.text, first + offset)
+            completion = _merge(completion, extra)
         yield completion
 
     async def _http_stream(self, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
@@ -413,16 +688,15 @@ class OpenAIBackend(BaseBackend):
         choices.sort(key=lambda c: c.index)
         usage = _parse_usage(data.get("usage"))
         if usage is None:
-            usage = _estimate_usage(request, [c.text for c in choices])
+            reasons = {c.index: c.finish_reason for c in choices if c.finish_reason}
+            usage = _estimate_usage(request, [c.text for c in choices], reasons=reasons)
         return Completion(tuple(choices), usage, str(data.get("model") or self.model))
 
     def _strip_prefill(self, text: str, request: Request) -> str:
         """Without real prefill we asked the model to start with it; keep only what follows."""
         prefill = request.prefill
         if prefill and not self.capabilities.prefill:
-            stripped = text.lstrip()
-            if stripped.startswith(prefill):
-                return stripped[len(prefill) :]
+            return cut_prefill_echo(text, prefill) or ""
         return text
 
 
@@ -443,6 +717,7 @@ class _StreamAssembler:
         self.held: dict[int, str] = {}
         self.decided: set[int] = set()
         self.released: list[Delta] = []
+        self.chunks: dict[int, int] = {}
 
     def add(self, chunk: dict[str, Any]) -> list[Delta]:
         if not self.model and chunk.get("model"):
@@ -459,6 +734,8 @@ class _StreamAssembler:
                 index = raw.get("index", 0)
                 delta = raw.get("delta") or {}
                 text = delta.get("content")
+                if text:
+                    self.chunks[index] = self.chunks.get(index, 0) + 1
                 if text and self.strip and index not in self.decided:
                     text = self._cut_prefill(index, text)
                 if text:
@@ -476,24 +753,27 @@ class _StreamAssembler:
         return out
 
     def _cut_prefill(self, index: int, text: str) -> str:
-        prefill = self.request.prefill or ""
         seen = self.held.pop(index, "") + text
-        candidate = seen.lstrip()
-        if len(candidate) < len(prefill) and prefill.startswith(candidate):
+        cut = cut_prefill_echo(seen, self.request.prefill or "", final=False)
+        if cut is None:
             self.held[index] = seen
             return ""
         self.decided.add(index)
-        return candidate[len(prefill) :] if candidate.startswith(prefill) else seen
+        return cut
 
     def completion(self) -> Completion:
         if not self.reasons:
+            self.backend._stream_cut_off()
             raise StreamInterruptedError(
-                f"the stream from {self.backend._where()} stopped before any choice finished"
+                f"the stream from {self.backend._where()} stopped before any choice finished "
+                "(some servers end a running stream when another request arrives)"
             )
         for index, held in self.held.items():
-            # The whole reply was a prefix of the prefill, so it is the reply.
-            self.texts.setdefault(index, []).append(held)
-            self.released.append(Delta(held, index))
+            # The reply ended while it could still have been the prefill: decide now.
+            rest = cut_prefill_echo(held, self.request.prefill or "")
+            if rest:
+                self.texts.setdefault(index, []).append(rest)
+                self.released.append(Delta(rest, index))
         self.held.clear()
         indices = sorted(set(self.texts) | set(self.reasons))
         choices = tuple(
@@ -505,7 +785,14 @@ class _StreamAssembler:
             )
             for index in indices
         )
-        usage = self.usage or _estimate_usage(self.request, [c.text for c in choices])
+        if self.usage is None:
+            self.backend._observe("streamed_usage", False)
+            usage = _estimate_usage(
+                self.request, [c.text for c in choices], chunks=self.chunks, reasons=self.reasons
+            )
+        else:
+            self.backend._observe("streamed_usage", True)
+            usage = self.usage
         return Completion(choices, usage, self.model or self.backend.model)
 
 
@@ -521,11 +808,38 @@ def _parse_usage(raw: Any) -> Usage | None:
     return Usage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=total)
 
 
-def _estimate_usage(request: Request, texts: list[str]) -> Usage:
-    """Roughly 4 characters a token, as a stand-in when the server reports no usage."""
+def _estimate_usage(
+    request: Request,
+    texts: list[str],
+    *,
+    chunks: Mapping[int, int] | None = None,
+    reasons: Mapping[int, str | None] | None = None,
+) -> Usage:
+    """A stand-in, marked ``estimated``, when the server reports no usage.
+
+    Roughly 4 characters a token; a streamed choice is at least as many tokens as it
+    came in chunks (servers send about one token a chunk), and a choice cut by the
+    length limit is exactly ``max_tokens``.
+    """
     prompt = sum(len(m.content) for m in request.messages) // 4 + 4 * len(request.messages)
-    completion = sum(max(1, len(t) // 4) for t in texts if t)
+    limit = request.params.max_tokens
+    completion = 0
+    for index, text in enumerate(texts):
+        count = max(1, len(text) // 4) if text else 0
+        count = max(count, (chunks or {}).get(index, 0))
+        if limit is not None:
+            count = limit if (reasons or {}).get(index) == "length" else min(count, limit)
+        completion += count
     return Usage.of(prompt, completion, estimated=True)
+
+
+def _merge(first: Completion, extra: Completion) -> Completion:
+    """``extra``'s choices after ``first``'s, renumbered; usage added."""
+    start = len(first.choices)
+    moved = tuple(
+        Choice(start + i, c.text, c.finish_reason, c.logprobs) for i, c in enumerate(extra.choices)
+    )
+    return Completion(first.choices + moved, first.usage + extra.usage, first.model)
 
 
 def _parse_logprobs(raw: Any) -> tuple[TokenLogprob, ...] | None:

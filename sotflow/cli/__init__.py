@@ -18,7 +18,7 @@ from typing import Any
 import anyio
 
 from ..engine import Engine
-from ..errors import ConfigurationError
+from ..errors import BackendError, ConfigurationError
 from ..events import AnswerDelta, AnswerReset, RunFinished
 from ..serve import add_arguments as serve_arguments
 from ..strategies.registry import make_strategy
@@ -96,6 +96,9 @@ def cmd_ask(args: argparse.Namespace) -> int:
         print(json.dumps(answer_record(item, answer), ensure_ascii=False, indent=2))
     elif not args.stream and answer.ok:
         print(answer.text)
+    if not args.json:
+        for warning in answer.warnings:
+            print(f"sotflow: warning: {warning}", file=sys.stderr)
     if not answer.ok:
         print(f"sotflow: {answer.error.type}: {answer.error.message}", file=sys.stderr)
         return EXIT_FAILED
@@ -158,6 +161,13 @@ def cmd_batch(args: argparse.Namespace) -> int:
     backend = make_backend(args)
     strategy = _strategy(args, backend)
     prices = load_prices(args.prices)
+    if args.price_in is not None or args.price_out is not None:
+        if args.price_in is None or args.price_out is None:
+            raise ConfigurationError(
+                "give both --price-in and --price-out (USD per million prompt and "
+                "completion tokens)"
+            )
+        prices[backend.model] = (args.price_in, args.price_out)
     writer = OutputWriter(args.output, append=bool(args.resume))
     try:
         with ProgressBar(stats, enabled=not args.quiet) as bar:
@@ -181,7 +191,8 @@ def cmd_batch(args: argparse.Namespace) -> int:
         writer.close()
     if not args.quiet:
         local = backend.name == "local"
-        print(stats.summary(backend.model, prices, local=local), file=sys.stderr)
+        base_url = getattr(backend, "base_url", None)
+        print(stats.summary(backend.model, prices, local=local, base_url=base_url), file=sys.stderr)
     if outcome.fatal or outcome.interrupted:
         if outcome.fatal:
             print(f"sotflow: stopped early: {outcome.fatal}", file=sys.stderr)
@@ -281,8 +292,23 @@ def cmd_bench(args: argparse.Namespace) -> int:
     direct = make_strategy("direct", max_tokens=args.max_tokens, temperature=args.temperature)
     sot = make_strategy(args.strategy, max_tokens=args.max_tokens, temperature=args.temperature)
     rows: list[dict[str, Any]] = []
+    info: dict[str, Any] = {}
 
     async def run() -> None:
+        # What the server does, measured (or read from the cache) before any timing.
+        try:
+            profile = await backend.profile()
+        except BackendError as exc:
+            # The timed calls will meet the same problem and report it per question.
+            info["server_profile"] = None
+            if not args.json:
+                print(f"server: could not be measured ({type(exc).__name__}: {exc})", flush=True)
+        else:
+            info["server_profile"] = profile.to_dict()
+            if not args.json:
+                print(f"server: {profile.describe()}", flush=True)
+                for note in profile.notes:
+                    print(f"  note: {note}", flush=True)
         async with _engine(args, backend) as engine:
             # One untimed 1-token call first: it opens the connection (and the TLS
             # session on a real API), which would otherwise be charged to the first
@@ -318,7 +344,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.json:
         print(
             json.dumps(
-                {"rows": rows, "median_speedup": statistics.median(speedups) if speedups else None},
+                {
+                    "server_profile": info.get("server_profile"),
+                    "rows": rows,
+                    "median_speedup": statistics.median(speedups) if speedups else None,
+                },
                 indent=2,
             )
         )
@@ -378,6 +408,18 @@ def build_parser() -> argparse.ArgumentParser:
     batch.add_argument("--ordered", action="store_true", help="write in input order")
     batch.add_argument("--quiet", action="store_true", help="no progress bar, no summary")
     batch.add_argument("--prices", help="JSON file of USD per million tokens per model")
+    batch.add_argument(
+        "--price-in",
+        type=float,
+        metavar="USD",
+        help="price of a million prompt tokens for this run's model (with --price-out)",
+    )
+    batch.add_argument(
+        "--price-out",
+        type=float,
+        metavar="USD",
+        help="price of a million completion tokens for this run's model (with --price-in)",
+    )
     batch.add_argument("--grace", type=float, default=10.0, help="seconds to finish after Ctrl-C")
     add_run_options(batch)
     add_backend_options(batch)

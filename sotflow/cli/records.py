@@ -34,7 +34,7 @@ __all__ = [
 
 OUTPUT_FIELDS = (
     "id", "question", "strategy", "answer", "points", "usage",
-    "latency_s", "attempts", "error",
+    "latency_s", "attempts", "error", "warnings",
 )  # fmt: skip
 
 
@@ -184,10 +184,13 @@ def answer_record(item: InputItem, answer: Answer) -> dict[str, Any]:
             "prompt_tokens": answer.usage.prompt_tokens,
             "completion_tokens": answer.usage.completion_tokens,
             "total_tokens": answer.usage.total_tokens,
+            # True when some count is sotflow's estimate (the server reported none).
+            "estimated": answer.usage.estimated,
         },
         "latency_s": round(answer.latency_s, 4),
         "attempts": answer.attempts,
         "error": answer.error.model_dump() if answer.error else None,
+        "warnings": answer.warnings,
     }
     return carry(record, item.extra)
 
@@ -199,10 +202,16 @@ def error_record(item: InputItem, error_type: str, message: str) -> dict[str, An
         "strategy": None,
         "answer": None,
         "points": None,
-        "usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0},
+        "usage": {
+            "prompt_tokens": 0,
+            "completion_tokens": 0,
+            "total_tokens": 0,
+            "estimated": False,
+        },
         "latency_s": 0.0,
         "attempts": 0,
         "error": {"type": error_type, "message": message},
+        "warnings": [],
     }
     return carry(record, item.extra)
 
