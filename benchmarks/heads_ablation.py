@@ -21,7 +21,7 @@ from typing import Any
 from sotflow.backends.local import LocalBackend
 from sotflow.cli.train_heads import read_corpus
 from sotflow.decoding.head_training import Corpus, prepare, train_heads
-from sotflow.decoding.threads import on_torch_thread
+from sotflow.decoding.threads import on_model_thread
 
 VARIANTS: dict[str, dict[str, Any]] = {
     "medusa, hidden state only": {"kind": "medusa", "sees_token": False},
@@ -45,12 +45,12 @@ def main() -> None:
     backend = LocalBackend(args.model, device="cpu")
     model = backend.decoder.model
     began = time.perf_counter()
-    data = on_torch_thread(lambda: prepare(model, corpus))
+    data = on_model_thread(lambda: prepare(model, corpus))
     print(f"features: {time.perf_counter() - began:.0f} s", flush=True)
     results = []
     for name, settings in VARIANTS.items():
         began = time.perf_counter()
-        _, report = on_torch_thread(
+        _, report = on_model_thread(
             lambda s=settings: train_heads(model, data, epochs=args.epochs, **s)  # type: ignore[misc]
         )
         held = report["held_out"]

@@ -20,9 +20,9 @@ import torch
 
 from sotflow.backends.local import LocalBackend
 from sotflow.decoding.batched import DECODE_MODES
-from sotflow.decoding.model_loading import load_model
-from sotflow.decoding.testing import reference_greedy
-from sotflow.decoding.threads import on_torch_thread
+from sotflow.decoding.threads import on_model_thread
+from sotflow.runtimes.torch.loading import load_model
+from sotflow.runtimes.torch.testing import reference_greedy
 from sotflow.types import Request
 
 PROMPTS = [
@@ -66,9 +66,9 @@ async def main() -> None:
     # Every torch call of both sides runs on sotflow's one torch thread: a second thread
     # doing torch work would give OpenMP a second team and slow both (decoding/threads.py).
     if args.threads:
-        on_torch_thread(torch.set_num_threads, args.threads)
+        on_model_thread(torch.set_num_threads, args.threads)
     modes = [m for m in args.modes.split(",") if m]
-    loaded = on_torch_thread(lambda: load_model(args.model, device=args.device, dtype=args.dtype))
+    loaded = on_model_thread(lambda: load_model(args.model, device=args.device, dtype=args.dtype))
     backend = LocalBackend.from_model(loaded.model, loaded.tokenizer, name=loaded.source.name)
     requests = [
         Request.of(q, max_tokens=args.max_tokens, temperature=0) for q in PROMPTS[: args.prompts]

@@ -22,7 +22,7 @@ import torch
 
 import sotflow
 from sotflow.backends.local import LocalBackend
-from sotflow.decoding.threads import on_torch_thread
+from sotflow.decoding.threads import on_model_thread
 
 DEFAULT_QUESTIONS = Path(__file__).resolve().parents[1] / "data" / "router" / "vicuna80.jsonl"
 FALLBACK = [
@@ -55,7 +55,7 @@ async def main() -> None:
     ap.add_argument("--json", dest="json_path", default=None)
     args = ap.parse_args()
     if args.threads:
-        on_torch_thread(torch.set_num_threads, args.threads)
+        on_model_thread(torch.set_num_threads, args.threads)
     backend = LocalBackend(
         args.model, device=args.device, dtype=args.dtype, decoding=args.decoding, max_batch_size=16
     )

@@ -36,7 +36,7 @@ from typing import Any
 import anyio
 
 import sotflow
-from sotflow.backends.openai import cut_prefill_echo
+from sotflow.openai_wire import cut_prefill_echo
 from sotflow.strategies.registry import make_strategy
 from sotflow.strategies.skeleton import SkeletonOfThought
 from sotflow.testing import LoopbackServer

@@ -7,7 +7,7 @@ concurrent model calls.
 ...     answer = await engine.run(sotflow.Direct(), "How do I sleep better?")
 """
 
-from .backends.base import Backend, Capabilities, ServerProfile
+from .backends.base import Backend, Capabilities, ModelView, ServerProfile
 from .backends.local import LocalBackend
 from .backends.openai import OpenAIBackend
 from .backends.scripted import Fail, Reply, ScriptedBackend
@@ -53,6 +53,7 @@ from .strategies import (
     Chain,
     Direct,
     Judge,
+    Passthrough,
     Refine,
     RejectionSampling,
     Routed,
@@ -73,6 +74,7 @@ from .types import (
     Point,
     Request,
     SamplingParams,
+    ToolCall,
     Trace,
     Usage,
 )
@@ -119,6 +121,7 @@ __all__ = [
     "LocalBackend",
     "MalformedResponseError",
     "Message",
+    "ModelView",
     "NoAnswerError",
     "NodeContext",
     "NodeFailed",
@@ -128,6 +131,7 @@ __all__ = [
     "OpenAIBackend",
     "Outcome",
     "Part",
+    "Passthrough",
     "Point",
     "ProviderError",
     "QuotaExceededError",
@@ -156,6 +160,7 @@ __all__ = [
     "StreamInterruptedError",
     "StreamReset",
     "TextDelta",
+    "ToolCall",
     "Trace",
     "TreeSearch",
     "Usage",

@@ -8,9 +8,10 @@ model, so it validates, serialises to JSON and has a schema.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+import json
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict
 
@@ -30,17 +31,73 @@ __all__ = [
     "Role",
     "SamplingParams",
     "TokenLogprob",
+    "ToolCall",
     "Trace",
     "Usage",
 ]
 
-Role = Literal["system", "user", "assistant"]
+Role = Literal["system", "user", "assistant", "tool"]
+_ROLES = frozenset(get_args(Role))
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCall:
+    """A function call the model asked for, in OpenAI's shape.
+
+    ``arguments`` is the JSON text exactly as the model wrote it: a model can write
+    invalid JSON, and the caller decides what to do with that (``parsed()`` raises).
+    """
+
+    id: str
+    name: str
+    arguments: str = "{}"
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name:
+            raise ConfigurationError(f"a tool call needs a function name, got {self.name!r}")
+        if not isinstance(self.arguments, str):
+            raise ConfigurationError(
+                f"tool call {self.name!r}: arguments must be JSON text (a str), "
+                f"got {type(self.arguments).__name__}; use json.dumps(...)"
+            )
+
+    def parsed(self) -> Any:
+        """The arguments as JSON values (``ValueError`` if the model wrote invalid JSON)."""
+        return json.loads(self.arguments) if self.arguments.strip() else {}
 
 
 @dataclass(frozen=True, slots=True)
 class Message:
+    """One turn of a conversation.
+
+    Content stays text. An assistant turn may carry ``tool_calls``; a ``tool`` turn is
+    the result of one call and names it with ``tool_call_id``.
+    """
+
     role: Role
     content: str
+    tool_calls: tuple[ToolCall, ...] = ()
+    tool_call_id: str | None = None
+    name: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.role not in _ROLES:
+            raise ConfigurationError(
+                f"a message role must be one of {sorted(_ROLES)}, got {self.role!r}"
+            )
+        if self.tool_calls:
+            if not isinstance(self.tool_calls, tuple):
+                object.__setattr__(self, "tool_calls", tuple(self.tool_calls))
+            if self.role != "assistant":
+                raise ConfigurationError(
+                    f"only an assistant message can carry tool calls, not a {self.role!r} one"
+                )
+        if self.role == "tool" and not self.tool_call_id:
+            raise ConfigurationError("a tool message needs the tool_call_id of the call it answers")
+        if self.tool_call_id is not None and self.role != "tool":
+            raise ConfigurationError(
+                f"tool_call_id belongs on a tool message, not a {self.role!r} one"
+            )
 
     @classmethod
     def system(cls, content: str) -> Message:
@@ -51,8 +108,12 @@ class Message:
         return cls("user", content)
 
     @classmethod
-    def assistant(cls, content: str) -> Message:
-        return cls("assistant", content)
+    def assistant(cls, content: str, tool_calls: Sequence[ToolCall] = ()) -> Message:
+        return cls("assistant", content, tuple(tool_calls))
+
+    @classmethod
+    def tool(cls, content: str, tool_call_id: str, *, name: str | None = None) -> Message:
+        return cls("tool", content, tool_call_id=tool_call_id, name=name)
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,17 +171,55 @@ class Request:
     ``prefill`` is text the assistant's reply must start with. Backends that can
     continue an assistant message send it as the start of the reply; the completion's
     text is only what comes *after* the prefill.
+
+    ``tools``, ``tool_choice`` and ``response_format`` are OpenAI's JSON values, passed
+    to the API unchanged (``tools``: ``{"type": "function", "function": {...}}`` items;
+    ``tool_choice``: ``"none"``, ``"auto"``, ``"required"`` or one named function;
+    ``response_format``: ``{"type": "json_object"}`` or a ``json_schema``). ``model``
+    asks for another model than the backend's own on this one call.
     """
 
     messages: tuple[Message, ...]
     params: SamplingParams = field(default_factory=SamplingParams)
     prefill: str | None = None
+    tools: tuple[Mapping[str, Any], ...] = ()
+    tool_choice: str | Mapping[str, Any] | None = None
+    response_format: Mapping[str, Any] | None = None
+    model: str | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.messages, tuple):
             object.__setattr__(self, "messages", tuple(self.messages))
         if not self.messages:
             raise ConfigurationError("a Request needs at least one message")
+        if self.tools or self.tool_choice is not None or self.response_format is not None:
+            _check_tools(self)
+        if self.model is not None and (not isinstance(self.model, str) or not self.model):
+            raise ConfigurationError(
+                f"model must be a non-empty string or None, got {self.model!r}"
+            )
+
+    def tool_fields(self) -> list[str]:
+        """The fields of this request that go beyond plain text chat, by name.
+
+        A backend that only writes text refuses a request that has any (naming them),
+        and a meta-generation strategy has no meaning for one: it is a single call.
+        """
+        found = [
+            name
+            for name, value in (
+                ("tools", self.tools),
+                ("tool_choice", self.tool_choice),
+                ("response_format", self.response_format),
+            )
+            if value
+        ]
+        for i, m in enumerate(self.messages):
+            if m.tool_calls:
+                found.append(f"messages[{i}].tool_calls")
+            elif m.role == "tool":
+                found.append(f"messages[{i}] (a tool result)")
+        return found
 
     @classmethod
     def of(
@@ -138,6 +237,61 @@ class Request:
         else:
             messages.extend(prompt)
         return cls(tuple(messages), SamplingParams(**params), prefill)
+
+
+_TOOL_CHOICES = ("none", "auto", "required")
+_FORMATS = ("text", "json_object", "json_schema")
+
+
+def _check_tools(request: Request) -> None:
+    """OpenAI's shapes for tools, tool_choice and response_format, checked before sending."""
+    if not isinstance(request.tools, tuple):
+        object.__setattr__(request, "tools", tuple(request.tools))
+    names = []
+    for i, tool in enumerate(request.tools):
+        if not isinstance(tool, Mapping):
+            raise ConfigurationError(
+                f"tools[{i}] must be a dict (OpenAI's tool shape), got {tool!r}"
+            )
+        function = tool.get("function")
+        name = function.get("name") if isinstance(function, Mapping) else None
+        if tool.get("type") != "function" or not isinstance(name, str) or not name:
+            raise ConfigurationError(
+                f"tools[{i}] must look like {{'type': 'function', 'function': {{'name': ..., "
+                f"'parameters': {{...}}}}}}, got {tool!r}"
+            )
+        names.append(name)
+    choice = request.tool_choice
+    if choice is not None:
+        if not request.tools:
+            raise ConfigurationError("tool_choice needs tools to choose from; pass tools=[...]")
+        if isinstance(choice, str):
+            if choice not in _TOOL_CHOICES:
+                raise ConfigurationError(
+                    f"tool_choice must be one of {', '.join(map(repr, _TOOL_CHOICES))} or "
+                    f"{{'type': 'function', 'function': {{'name': ...}}}}, got {choice!r}"
+                )
+        else:
+            function = choice.get("function") if isinstance(choice, Mapping) else None
+            name = function.get("name") if isinstance(function, Mapping) else None
+            if name not in names:
+                raise ConfigurationError(
+                    f"tool_choice names {name!r}, which is not among the tools ({', '.join(names)})"
+                )
+    fmt = request.response_format
+    if fmt is not None:
+        kind = fmt.get("type") if isinstance(fmt, Mapping) else None
+        if kind not in _FORMATS:
+            raise ConfigurationError(
+                f"response_format must have a type among {', '.join(_FORMATS)}, got {fmt!r}"
+            )
+        if kind == "json_schema":
+            spec = fmt.get("json_schema")
+            if not isinstance(spec, Mapping) or not isinstance(spec.get("schema"), Mapping):
+                raise ConfigurationError(
+                    "a json_schema response_format needs {'type': 'json_schema', "
+                    "'json_schema': {'name': ..., 'schema': {...}}}"
+                )
 
 
 class Usage(BaseModel):
@@ -177,10 +331,14 @@ class TokenLogprob:
 
 @dataclass(frozen=True, slots=True)
 class Choice:
+    """One sample. A reply that calls tools has ``tool_calls`` and, usually, no text
+    (``finish_reason`` is then ``"tool_calls"``)."""
+
     index: int
     text: str
     finish_reason: str | None = None
     logprobs: tuple[TokenLogprob, ...] | None = None
+    tool_calls: tuple[ToolCall, ...] = ()
 
     @property
     def mean_logprob(self) -> float | None:
@@ -204,6 +362,10 @@ class Completion:
     @property
     def finish_reason(self) -> str | None:
         return self.choices[0].finish_reason
+
+    @property
+    def tool_calls(self) -> tuple[ToolCall, ...]:
+        return self.choices[0].tool_calls
 
 
 @dataclass(frozen=True, slots=True)

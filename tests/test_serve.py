@@ -12,8 +12,8 @@ import torch
 
 from sotflow.backends.base import BaseBackend, Capabilities
 from sotflow.backends.local import LocalBackend
-from sotflow.decoding.testing import byte_tokenizer, tiny_llama
 from sotflow.errors import BadRequestError
+from sotflow.runtimes.torch.testing import byte_tokenizer, tiny_llama
 from sotflow.serve import parse_request, serving
 from sotflow.types import Completion, Request
 

@@ -25,9 +25,11 @@ __all__ = [
     "Backend",
     "BaseBackend",
     "Capabilities",
+    "ModelView",
     "ServerProfile",
     "StreamItem",
     "check_backend",
+    "check_text_request",
     "estimate_tokens",
 ]
 
@@ -170,6 +172,26 @@ def check_backend(value: object, what: str, *, optional: bool = True) -> None:
     )
 
 
+def check_text_request(request: Request, backend: str, *, model: str | None = None) -> None:
+    """Refuse what a backend that writes plain text cannot honour, naming the field.
+
+    Tools, a tool choice, a response format and tool-call histories would otherwise be
+    dropped, and the reply would answer a different request than the one sent. With
+    ``model`` given, a request for any other model is refused too.
+    """
+    fields = request.tool_fields()
+    if fields:
+        raise ConfigurationError(
+            f"{backend} cannot honour {', '.join(fields)}: it writes plain text only. Send "
+            "tool calling and structured output to an OpenAI-compatible API that supports "
+            "them (OpenAIBackend)."
+        )
+    if model is not None and request.model not in (None, model):
+        raise ConfigurationError(
+            f"{backend} serves {model!r} only; this request asked for {request.model!r}"
+        )
+
+
 def estimate_tokens(request: Request, *, chars_per_token: float = 4.0) -> int:
     """A provider-style pre-call charge: prompt size plus ``n * max_tokens``."""
     chars = sum(len(m.content) for m in request.messages) + len(request.prefill or "")
@@ -229,3 +251,45 @@ class BaseBackend:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(model={self.model!r})"
+
+
+class ModelView:
+    """A backend asking for another model on every call: same transport, same limits.
+
+    For per-call model choice (a chat model's ``invoke(..., model=...)``, a proxy's
+    ``sot/<model>``) without a second connection pool or a second set of limits.
+    A request that names its own model keeps it.
+    """
+
+    def __init__(self, backend: Backend, model: str) -> None:
+        self.backend = backend
+        self.model = model
+        self.name = backend.name
+        self.limiter = backend.limiter
+
+    @property
+    def capabilities(self) -> Capabilities:
+        # Read through: a backend adapts its capabilities once it has measured its server.
+        return self.backend.capabilities
+
+    def _ask(self, request: Request) -> Request:
+        return request if request.model else dataclasses.replace(request, model=self.model)
+
+    def estimate_tokens(self, request: Request) -> int:
+        return self.backend.estimate_tokens(self._ask(request))
+
+    async def complete(self, request: Request) -> Completion:
+        return await self.backend.complete(self._ask(request))
+
+    def stream(self, request: Request) -> AsyncIterator[StreamItem]:
+        return self.backend.stream(self._ask(request))
+
+    async def profile(self) -> ServerProfile:
+        # The same server: what it does with one model it does with another.
+        return await self.backend.profile()
+
+    async def aclose(self) -> None:
+        await self.backend.aclose()
+
+    def __repr__(self) -> str:
+        return f"ModelView({self.backend!r}, model={self.model!r})"

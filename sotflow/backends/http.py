@@ -12,8 +12,7 @@ started) for transport failures; status codes are for the caller to judge.
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -60,39 +59,60 @@ class AiohttpTransport:
 
     The engine's limiter queues calls before they reach the pool, so the pool never
     has waiters and needs no pool timeout; per-attempt timeouts are the engine's.
+
+    A session belongs to one event loop, so there is one per loop that uses the
+    transport (a sync wrapper runs its own loop beside the caller's). Each is closed by
+    ``aclose()`` on its loop or, failing that, when its loop shuts down: a script that
+    ends ``asyncio.run(...)`` without closing leaves no "Unclosed client session".
     """
 
     def __init__(self, max_connections: int | None = 64) -> None:
         self.max_connections = max_connections
-        self._session: Any = None
-        self._token: object = None
+        self._sessions: dict[object, tuple[Any, AsyncGenerator[None, None]]] = {}
 
-    def _client(self) -> Any:
+    async def _client(self) -> Any:
+        token = anyio.lowlevel.current_token()
+        entry = self._sessions.get(token)
+        if entry is not None and not entry[0].closed:
+            return entry[0]
         import aiohttp
 
-        token = anyio.lowlevel.current_token()
-        if self._session is None or self._session.closed or self._token != token:
-            # Sessions belong to one event loop; a sync wrapper may run a new one.
-            connector = aiohttp.TCPConnector(
-                limit=self.max_connections or 0,
-                limit_per_host=0,
-                ttl_dns_cache=300,
-                enable_cleanup_closed=False,
-            )
-            self._session = aiohttp.ClientSession(
-                connector=connector,
-                timeout=aiohttp.ClientTimeout(total=None, sock_connect=30),
-                auto_decompress=True,
-                skip_auto_headers=("User-Agent",),
-            )
-            self._token = token
-        return self._session
+        connector = aiohttp.TCPConnector(
+            limit=self.max_connections or 0,
+            limit_per_host=0,
+            ttl_dns_cache=300,
+            enable_cleanup_closed=False,
+        )
+        session = aiohttp.ClientSession(
+            connector=connector,
+            timeout=aiohttp.ClientTimeout(total=None, sock_connect=30),
+            auto_decompress=True,
+            skip_auto_headers=("User-Agent",),
+        )
+        guard = self._guard(token, session)
+        # Started once, it is one of the loop's async generators, and a loop closes all
+        # of those as it shuts down (asyncio.run, anyio.run, a blocking portal's loop).
+        await guard.asend(None)
+        self._sessions[token] = (session, guard)
+        return session
+
+    async def _guard(self, token: object, session: Any) -> AsyncGenerator[None, None]:
+        try:
+            yield
+        finally:
+            entry = self._sessions.get(token)
+            if entry is not None and entry[0] is session:
+                del self._sessions[token]
+            if not session.closed:
+                with anyio.CancelScope(shield=True):
+                    await session.close()
 
     async def post(self, url: str, headers: Mapping[str, str], body: bytes) -> HTTPResponse:
         import aiohttp
 
         try:
-            async with self._client().post(url, data=body, headers=headers) as response:
+            session = await self._client()
+            async with session.post(url, data=body, headers=headers) as response:
                 content = await response.read()
                 return HTTPResponse(response.status, response.headers, content)
         except aiohttp.ClientError as exc:
@@ -107,7 +127,8 @@ class AiohttpTransport:
         import aiohttp
 
         try:
-            response = await self._client().post(url, data=body, headers=headers)
+            session = await self._client()
+            response = await session.post(url, data=body, headers=headers)
         except aiohttp.ClientError as exc:
             raise APIConnectionError(f"could not connect to {_host(url)}: {exc}") from exc
 
@@ -126,11 +147,19 @@ class AiohttpTransport:
             response.release()
 
     async def aclose(self) -> None:
-        session, self._session = self._session, None
-        if session is not None and not session.closed:
-            # A session opened on an event loop that is gone has nothing left to close.
-            with contextlib.suppress(RuntimeError):
-                await session.close()
+        """Close this loop's session (it reopens on the next call); the sessions of other
+        loops close with their loops."""
+        try:
+            token = anyio.lowlevel.current_token()
+        except RuntimeError:
+            return
+        entry = self._sessions.pop(token, None)
+        if entry is not None:
+            session, guard = entry
+            await guard.aclose()
+            if not session.closed:
+                with anyio.CancelScope(shield=True):
+                    await session.close()
 
 
 class HttpxTransport:

@@ -1,23 +1,28 @@
-"""The local backend: a torch/transformers model in-process, decoded in one batch.
+"""The local backend: a model in-process, decoded in one batch, on llama.cpp or torch.
 
 Every request in flight is a row of one ``BatchDecoder`` (continuous batching): the
-engine's concurrency is what fills the batch. Whichever waiting request finds nothing new
-for itself takes the step lock and has one decoder step run on the process's torch
-thread (``sotflow.decoding.threads``: one OpenMP team, measured ~1.6x faster than
-stepping from varying threads); the step hands every row its tokens, so all other
+engine's concurrency is what fills the batch. Whichever waiting request finds nothing
+new for itself takes the step lock and has one decoder step run on the process's model
+thread (``sotflow.decoding.threads``); the step hands every row its tokens, so all other
 waiters wake up with news. When the last waiter leaves, stepping stops.
 
+The runtime (``sotflow.runtimes``) is llama.cpp for GGUF files on the CPU (the bundled
+``smollm2`` included) and torch for GPUs and Hugging Face folders; ``runtime=`` chooses.
+What a block of k tokens costs on this machine is measured once per model and setting
+(cached on disk) and decides how much the decoders speculate (``decoding.costs``).
+
 Cancelling a waiting task cancels its rows, which leave the batch at the next step
-boundary. A failure inside a step fails every request in the batch with a
-``LocalModelError`` and resets the decoder, so nothing hangs.
+boundary. A request that fails on its own (its sampling, say) fails alone; a failure
+of the whole step fails every request in the batch with a ``LocalModelError`` and
+resets the decoder, so nothing hangs.
 
 Greedy rows decode several tokens per step where the decoding mode finds candidates
-(by default ``cerberus`` where sotflow bundles draft heads for the model, measured the
-fastest; ``prompt_lookup`` otherwise; also ``medusa``, ``plain``, ``jacobi``, ``lookahead``,
-``hybrid``); the output is always exactly plain greedy's. ``stats`` returns the
-decoder's counters as data.
+and the machine's block costs make it pay (``plain``, ``prompt_lookup``, ``jacobi``,
+``lookahead``, ``hybrid``, and the trained heads ``medusa``/``cerberus``, bundled for
+SmolLM2); the output is always exactly the runtime's plain greedy. ``stats`` returns
+the decoder's counters as data.
 
-torch and transformers are imported when a backend is made, never by ``import sotflow``.
+torch and llama.cpp are imported when a backend is made, never by ``import sotflow``.
 """
 
 from __future__ import annotations
@@ -31,34 +36,38 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import anyio.lowlevel
 
-from ..decoding.threads import on_torch_thread
+from ..decoding.threads import on_model_thread
 from ..errors import BackendError, BadRequestError, ConfigurationError
 from ..limits import Limiter
 from ..types import Choice, Completion, Delta, Request, TokenLogprob, Usage
-from .base import BaseBackend, Capabilities, StreamItem
+from .base import BaseBackend, Capabilities, StreamItem, check_text_request
 
 if TYPE_CHECKING:
     from ..decoding.batched import BatchDecoder, SequenceUpdate, SpeculationConfig
+    from ..decoding.costs import BlockCosts
     from ..decoding.heads import DraftHeads
     from ..decoding.sampling import SamplingConfig
+    from ..runtimes import LoadedRuntime
+    from ..runtimes.codec import TextDecoder
 
 __all__ = ["DEFAULT_MAX_TOKENS", "LocalBackend", "LocalModelError"]
 
-DEFAULT_HEADS = "cerberus"
-"""The decoding mode for models with bundled heads: the fastest one measured with SmolLM2
-on a CPU (``benchmarks/results/local_decoding.json``); output is greedy's either way."""
+HEADS_MODE = "cerberus"
+"""The decoding mode for models with bundled heads (``decoding/weights``): the heads
+propose, the measured block costs decide how much of it to verify."""
 
 DEFAULT_MAX_TOKENS = 1024
 """Completion length when a request sets no ``max_tokens`` (the context still caps it)."""
 
 
 class LocalModelError(BackendError):
-    """The local model failed while decoding (a torch error, out of memory, ...)."""
+    """The local model failed while decoding (a runtime error, out of memory, ...)."""
 
 
 @dataclass(slots=True)
 class _ChoiceState:
     seq_id: int
+    decoder: TextDecoder
     tokens: list[int] = field(default_factory=list)
     text: str = ""
     """Decoded text so far, cut at a stop string once one is seen."""
@@ -73,16 +82,13 @@ class _Job:
 
     def __init__(
         self,
-        prompt: list[int],
-        seq_ids: list[int],
+        prompt_len: int,
+        choices: list[_ChoiceState],
         stops: tuple[str, ...],
         logprobs: bool,
-        anchor_text: str,
     ) -> None:
-        self.prompt_len = len(prompt)
-        self.anchor = prompt[-4:]
-        self.anchor_text = anchor_text
-        self.choices = [_ChoiceState(s) for s in seq_ids]
+        self.prompt_len = prompt_len
+        self.choices = choices
         self.stops = tuple(s for s in stops if s)
         self.hold = max((len(s) for s in self.stops), default=1) - 1
         self.want_logprobs = logprobs
@@ -123,7 +129,17 @@ class _LoopState:
 
 
 class LocalBackend(BaseBackend):
-    """A model running in this process (see the module docstring)."""
+    """A model running in this process (see the module docstring).
+
+    ``model``: an alias (``"smollm2"``), a ``.gguf`` file, a Hugging Face folder.
+    ``runtime``: ``"auto"`` (llama.cpp for GGUF on the CPU, else torch), ``"llama.cpp"``
+    or ``"torch"``. ``threads``: CPU threads (default: the machine's cores, up to 8).
+    ``context``: llama.cpp's cache cells shared by all requests (default 4096, or the
+    model's training context if shorter). ``block_costs``: ``"measure"`` what blocks of
+    tokens cost here (once per model and machine, cached) and speculate only as far as
+    that pays; ``"flat"`` to treat every block as free (full speculation, as on a GPU);
+    or a ``decoding.costs.BlockCosts``.
+    """
 
     name = "local"
     capabilities = Capabilities(prefill=True, logprobs=True, n=True)
@@ -132,32 +148,38 @@ class LocalBackend(BaseBackend):
         self,
         model: str = "smollm2",
         *,
+        runtime: str = "auto",
         device: str = "auto",
         dtype: Any = None,
+        threads: int | None = None,
+        context: int | None = None,
         max_concurrency: int | None = 64,
         max_batch_size: int = 16,
         decoding: str | SpeculationConfig | None = None,
         heads: str | os.PathLike[str] | DraftHeads | None = None,
         default_max_tokens: int = DEFAULT_MAX_TOKENS,
+        block_costs: BlockCosts | str = "measure",
         rpm: int | None = None,
         tpm: int | None = None,
         limiter: Limiter | None = None,
     ) -> None:
-        from ..decoding.model_loading import load_model
+        from ..runtimes import open_model
 
-        # Loaded and packed on the torch thread, like every step later (see threads.py).
-        loaded = on_torch_thread(lambda: load_model(model, device=device, dtype=dtype))
-        on_torch_thread(
-            lambda: self._setup(
-                loaded.model,
-                loaded.tokenizer,
-                name=loaded.source.name,
-                max_batch_size=max_batch_size,
-                decoding=decoding,
-                heads=heads,
-                default_max_tokens=default_max_tokens,
+        if max_batch_size < 1:
+            raise ConfigurationError(f"max_batch_size must be at least 1, got {max_batch_size}")
+        # Loaded on the model thread, like every step later (see threads.py).
+        loaded = on_model_thread(
+            lambda: open_model(
+                model,
+                runtime=runtime,
+                device=device,
+                dtype=dtype,
+                threads=threads,
+                context=context,
+                max_sequences=max_batch_size + 1,
             )
         )
+        self._init(loaded, max_batch_size, decoding, heads, default_max_tokens, block_costs)
         BaseBackend.__init__(
             self, max_concurrency=max_concurrency, rpm=rpm, tpm=tpm, limiter=limiter
         )
@@ -174,90 +196,92 @@ class LocalBackend(BaseBackend):
         decoding: str | SpeculationConfig | None = None,
         heads: str | os.PathLike[str] | DraftHeads | None = None,
         default_max_tokens: int = DEFAULT_MAX_TOKENS,
+        block_costs: BlockCosts | str = "measure",
         limiter: Limiter | None = None,
     ) -> LocalBackend:
-        """Wrap an already loaded ``transformers`` causal LM and its tokenizer."""
+        """Wrap an already loaded ``transformers`` causal LM and its tokenizer (torch)."""
+        from ..runtimes import torch_runtime
 
-        backend = cls.__new__(cls)
-        on_torch_thread(
-            lambda: backend._setup(
-                hf_model,
-                tokenizer,
-                name=name,
-                max_batch_size=max_batch_size,
-                decoding=decoding,
-                heads=heads,
-                default_max_tokens=default_max_tokens,
-            )
+        loaded = on_model_thread(
+            lambda: torch_runtime(hf_model, tokenizer, name=name, max_sequences=max_batch_size + 1)
         )
+        return cls.from_runtime(
+            loaded,
+            max_concurrency=max_concurrency,
+            max_batch_size=max_batch_size,
+            decoding=decoding,
+            heads=heads,
+            default_max_tokens=default_max_tokens,
+            block_costs=block_costs,
+            limiter=limiter,
+        )
+
+    @classmethod
+    def from_runtime(
+        cls,
+        loaded: LoadedRuntime,
+        *,
+        max_concurrency: int | None = 64,
+        max_batch_size: int = 16,
+        decoding: str | SpeculationConfig | None = None,
+        heads: str | os.PathLike[str] | DraftHeads | None = None,
+        default_max_tokens: int = DEFAULT_MAX_TOKENS,
+        block_costs: BlockCosts | str = "measure",
+        limiter: Limiter | None = None,
+    ) -> LocalBackend:
+        """A backend over a runtime already loaded (``sotflow.runtimes.open_model``)."""
+        backend = cls.__new__(cls)
+        backend._init(loaded, max_batch_size, decoding, heads, default_max_tokens, block_costs)
         BaseBackend.__init__(backend, max_concurrency=max_concurrency, limiter=limiter)
         return backend
 
-    def _setup(
+    def _init(
         self,
-        hf_model: Any,
-        tokenizer: Any,
-        *,
-        name: str,
+        loaded: LoadedRuntime,
         max_batch_size: int,
         decoding: str | SpeculationConfig | None,
         heads: str | os.PathLike[str] | DraftHeads | None,
         default_max_tokens: int,
+        block_costs: BlockCosts | str,
     ) -> None:
-        from ..decoding.forward import DecoderModel
+        from ..decoding.costs import BlockCosts
 
-        try:
-            self._model = DecoderModel(hf_model)
-        except ValueError as exc:
-            raise ConfigurationError(str(exc)) from exc
-        self.hf_model = hf_model
-        self.tokenizer = tokenizer
-        self.model = name
+        if isinstance(block_costs, str) and block_costs not in ("measure", "flat"):
+            raise ConfigurationError(
+                f"block_costs must be 'measure', 'flat' or a BlockCosts, got {block_costs!r}"
+            )
+        self.loaded = loaded
+        self.runtime = loaded.runtime
+        self.codec = loaded.codec
+        self.hf_model = loaded.hf_model
+        self.model = loaded.name
         self.default_max_tokens = default_max_tokens
         self._heads_source = heads
         self._heads: dict[str, DraftHeads] = {}
-        self.decoder: BatchDecoder = self._new_decoder(decoding, max_batch_size)
-        self._eos = self._eos_ids(hf_model, tokenizer)
         self._jobs: dict[int, tuple[_Job, int]] = {}
         self._step_lock = threading.Lock()
         self._state: _LoopState | None = None
         self.requests = 0
+        if block_costs == "measure":
+            self.costs: BlockCosts = on_model_thread(lambda: self._measure(max_batch_size))
+        else:
+            self.costs = BlockCosts.flat() if block_costs == "flat" else block_costs  # type: ignore[assignment]
+        self.decoder: BatchDecoder = on_model_thread(
+            lambda: self._new_decoder(decoding, max_batch_size)
+        )
 
-    @staticmethod
-    def _eos_ids(hf_model: Any, tokenizer: Any) -> frozenset[int]:
-        ids: set[int] = set()
-        for source in (getattr(hf_model, "generation_config", None), hf_model.config, tokenizer):
-            value = getattr(source, "eos_token_id", None)
-            if isinstance(value, int):
-                ids.add(value)
-            elif isinstance(value, list | tuple):
-                ids.update(int(v) for v in value)
-        return frozenset(ids)
+    def _measure(self, max_batch_size: int) -> BlockCosts:
+        from ..decoding.costs import cached_costs
+        from ..runtimes.sources import cache_root
+
+        # One sequence id past the decoder's: the measurement never touches a live row.
+        return cached_costs(self.runtime, cache_root() / "costs", seq=max_batch_size)
 
     # ------------------------------------------------------------------ prompts
     def encode(self, request: Request) -> list[int]:
         """The prompt's token ids: the chat template, continuing ``request.prefill`` if set."""
         messages = [{"role": m.role, "content": m.content} for m in request.messages]
-        prefill = request.prefill
-        if getattr(self.tokenizer, "chat_template", None):
-            if prefill is not None:
-                messages.append({"role": "assistant", "content": prefill})
-                text = self.tokenizer.apply_chat_template(
-                    messages, tokenize=False, continue_final_message=True
-                )
-                # The template may strip the message; trailing spaces of a prefill matter.
-                if not text.endswith(prefill) and text.endswith(prefill.rstrip()):
-                    text += prefill[len(prefill.rstrip()) :]
-            else:
-                text = self.tokenizer.apply_chat_template(
-                    messages, tokenize=False, add_generation_prompt=True
-                )
-        else:
-            # A base model without a template: a plain transcript it can continue.
-            text = "".join(f"{m['role'].capitalize()}: {m['content']}\n" for m in messages)
-            text += "Assistant: " + (prefill or "")
-        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
-        return list(ids)
+        return self.codec.prompt(messages, request.prefill)
 
     def estimate_tokens(self, request: Request) -> int:
         try:
@@ -265,14 +289,6 @@ class LocalBackend(BaseBackend):
         except Exception:
             return super().estimate_tokens(request)
         return prompt + request.params.n * (request.params.max_tokens or self.default_max_tokens)
-
-    def _decode_text(self, anchor: list[int], anchor_text: str, tokens: list[int]) -> str:
-        # Decoding after a few prompt tokens keeps a leading space that a tokenizer
-        # would drop when decoding the continuation on its own.
-        text = self.tokenizer.decode(anchor + tokens, skip_special_tokens=True)
-        if text.startswith(anchor_text):
-            return text[len(anchor_text) :]
-        return self.tokenizer.decode(tokens, skip_special_tokens=True)
 
     # ------------------------------------------------------------------ jobs
     def _sampling(self, request: Request, index: int) -> SamplingConfig:
@@ -292,9 +308,11 @@ class LocalBackend(BaseBackend):
     def _start(self, request: Request) -> _Job:
         from ..decoding.batched import SequenceRequest
 
+        # Tools, response formats and other models are refused, never silently dropped.
+        check_text_request(request, "LocalBackend", model=self.model)
         prompt = self.encode(request)
         p = request.params
-        limit = self._model.max_positions
+        limit = self.runtime.info.context_length
         if len(prompt) >= limit:
             raise BadRequestError(
                 f"the prompt has {len(prompt)} tokens but the model's context is {limit}; "
@@ -304,24 +322,18 @@ class LocalBackend(BaseBackend):
             )
         max_new = p.max_tokens or self.default_max_tokens
         top = (p.top_logprobs or 0) if p.logprobs else None
-        seq_ids = []
+        choices = []
         for index in range(p.n):
-            seq_ids.append(
-                self.decoder.submit(
-                    SequenceRequest(
-                        prompt,
-                        max_new,
-                        self._sampling(request, index),
-                        self._eos,
-                        top,
-                    )
+            seq_id = self.decoder.submit(
+                SequenceRequest(
+                    prompt, max_new, self._sampling(request, index), self.codec.eos, top
                 )
             )
-        anchor_text = self.tokenizer.decode(prompt[-4:], skip_special_tokens=True)
-        job = _Job(prompt, seq_ids, p.stop, p.logprobs, anchor_text)
+            choices.append(_ChoiceState(seq_id, self.codec.decoder(prompt)))
+        job = _Job(len(prompt), choices, p.stop, p.logprobs)
         with self._step_lock:
-            for index, seq_id in enumerate(seq_ids):
-                self._jobs[seq_id] = (job, index)
+            for index, choice in enumerate(choices):
+                self._jobs[choice.seq_id] = (job, index)
         self.requests += 1
         return job
 
@@ -334,10 +346,17 @@ class LocalBackend(BaseBackend):
             choice = job.choices[index]
             if choice.finish is not None:
                 return
+            if update.error is not None:
+                job.error = LocalModelError(
+                    f"the local model failed on this request: {update.error}"
+                )
+                job.news = True
+                self._jobs.pop(update.seq_id, None)
+                return
             choice.tokens.extend(update.tokens)
             if job.want_logprobs and update.logprobs:
                 choice.logprobs.extend(self._logprobs(update.logprobs))
-            text = self._decode_text(job.anchor, job.anchor_text, choice.tokens)
+            text = choice.decoder.feed(update.tokens)
             finish = update.finish_reason
             cut = self._find_stop(text, job.stops, len(choice.text) - job.hold)
             if cut is not None:
@@ -360,18 +379,18 @@ class LocalBackend(BaseBackend):
         return best
 
     def _logprobs(self, items: Sequence[Any]) -> list[TokenLogprob]:
-        decode = self.tokenizer.decode
+        text = self.codec.token_text
         return [
             TokenLogprob(
-                decode([item.token]),
+                text(item.token),
                 item.logprob,
-                tuple((decode([t]), lp) for t, lp in item.top),
+                tuple((text(t), lp) for t, lp in item.top),
             )
             for item in items
         ]
 
     def _step_sync(self) -> None:
-        """Run one decoder step (in a worker thread) and hand every job its news."""
+        """Run one decoder step (on the model thread) and hand every job its news."""
         with self._step_lock:
             try:
                 updates = self.decoder.step()
@@ -405,8 +424,8 @@ class LocalBackend(BaseBackend):
             if not self.decoder.has_work:
                 job.error = LocalModelError("internal error: a request was lost by the decoder")
                 return
-            # The step runs on the process's one torch thread; an anyio worker waits for it.
-            await anyio.to_thread.run_sync(on_torch_thread, self._step_sync)
+            # The step runs on the process's one model thread; an anyio worker waits for it.
+            await anyio.to_thread.run_sync(on_model_thread, self._step_sync)
 
     def _cancel(self, job: _Job) -> None:
         for choice in job.choices:
@@ -465,14 +484,15 @@ class LocalBackend(BaseBackend):
         out = self.decoder.stats.as_dict()
         out["requests"] = self.requests
         out["mode"] = self.decoder.config.mode
+        out["runtime"] = self.runtime.info.name
+        out["block_costs"] = self.costs.as_dict()
         return out
 
     def set_decoding(self, decoding: str | SpeculationConfig | None) -> None:
         """Switch the decoding mode (only while idle); the model and its cache stay."""
         if self.decoder.has_work:
             raise BackendError("cannot switch the decoding mode while requests are running")
-        # A new decoder allocates its cache: torch work, so on the torch thread.
-        self.decoder = on_torch_thread(
+        self.decoder = on_model_thread(
             lambda: self._new_decoder(decoding, self.decoder.max_batch_size)
         )
 
@@ -482,32 +502,36 @@ class LocalBackend(BaseBackend):
         from ..decoding.batched import BatchDecoder, SpeculationConfig
 
         if decoding is None:
-            decoding = self._default_mode()
+            decoding = self.default_mode()
         if isinstance(decoding, str):
             try:
                 decoding = SpeculationConfig(mode=decoding)  # type: ignore[arg-type]
             except ValueError as exc:
                 raise ConfigurationError(str(exc)) from exc
-        heads = self._draft_heads(decoding.mode) if decoding and decoding.uses_heads else None
+        heads = self._draft_heads(decoding.mode) if decoding.uses_heads else None
         try:  # the decoder checks that the heads' kind is the mode's
             return BatchDecoder(
-                self._model, max_batch_size=max_batch_size, speculation=decoding, heads=heads
+                self.runtime,
+                max_batch_size=max_batch_size,
+                speculation=decoding,
+                heads=heads,
+                costs=self.costs,
             )
         except ValueError as exc:
             raise ConfigurationError(str(exc)) from exc
 
-    def _default_mode(self) -> str | None:
+    def default_mode(self) -> str:
         """Heads given without a mode decode as their kind says; a model with bundled
-        heads gets ``DEFAULT_HEADS``; anything else the decoder's default."""
+        heads gets ``HEADS_MODE``; anything else prompt lookup."""
         from ..decoding.heads import bundled_heads
 
         if self._heads_source is not None:
             heads = self._load_heads(self._heads_source)
             self._heads.setdefault(heads.kind, heads)
             return heads.kind
-        if bundled_heads(self.model, DEFAULT_HEADS) is not None:
-            return DEFAULT_HEADS
-        return None
+        if bundled_heads(self.model, HEADS_MODE) is not None:
+            return HEADS_MODE
+        return "prompt_lookup"
 
     def _draft_heads(self, kind: str) -> DraftHeads:
         """The heads for ``decoding=kind``: those passed as ``heads=``, else the ones
@@ -536,7 +560,7 @@ class LocalBackend(BaseBackend):
         if isinstance(source, DraftHeads):
             return source
         try:
-            return load_heads(source, self._model)
+            return load_heads(source, self.runtime)
         except (OSError, ValueError) as exc:
             raise ConfigurationError(str(exc)) from exc
 

@@ -1,8 +1,9 @@
 """Any OpenAI-compatible chat-completions API, plain and streamed.
 
-All provider-specific mapping lives here: how a ``Request`` becomes a JSON body, how
-a body or an SSE stream becomes a ``Completion``, and how error statuses and their
-headers become ``sotflow.errors``. The bytes travel over a ``Transport``
+The JSON shapes (a ``Request`` as a body, a body or a stream of chunks as a
+``Completion``, tool calls included) are ``sotflow.openai_wire``'s, shared with the
+server side. What is provider-specific lives here: how error statuses and their
+headers become ``sotflow.errors``, and how the bytes travel, over a ``Transport``
 (aiohttp by default, httpx on request) or through a ready ``openai.AsyncOpenAI``
 client, whose own retries are turned off: the engine is the one retry layer.
 
@@ -20,7 +21,6 @@ import dataclasses
 import email.utils
 import json
 import os
-import re
 import time
 from collections.abc import AsyncIterator, Mapping
 from contextlib import aclosing
@@ -41,13 +41,14 @@ from ..errors import (
     StreamInterruptedError,
     error_from_status,
 )
-from ..types import Choice, Completion, Delta, Request, TokenLogprob, Usage
+from ..openai_wire import StreamAssembler, completion_from_wire, request_body
+from ..types import Choice, Completion, Delta, Request
 from .base import BaseBackend, Capabilities, ServerProfile, StreamItem
 from .http import AiohttpTransport, HttpxTransport, Transport
 from .probe import ProfileCache, known_profile, probe_server
 from .sse import SSEDecoder
 
-__all__ = ["OpenAIBackend", "cut_prefill_echo", "parse_retry_after", "profile_setting"]
+__all__ = ["OpenAIBackend", "parse_retry_after", "profile_setting"]
 
 PROFILE_ENV = "SOTFLOW_SERVER_PROFILE"
 
@@ -125,41 +126,6 @@ def profile_setting(value: str | Mapping[str, Any] | ServerProfile | None) -> Pr
         f"a hosted API that runs calls side by side) or JSON such as "
         f'{{"parallel_gain": 1.0, "prefill": false}}; got {value!r}'
     )
-
-
-_SEPARATORS = " \t-:–—."
-
-
-def cut_prefill_echo(text: str, prefill: str, *, final: bool = True) -> str | None:
-    """What follows the prefill in a reply that was asked to start with it.
-
-    A server that cannot continue a prefilled message was asked, in words, to begin
-    with ``prefill``. Models do, but loosely: ``1. Set goals -`` comes back as
-    ``1. Set goals - ...``, ``1. Set goals\n...``, ``Set goals: ...`` or ``set goals``.
-    Every such echo (its list number optional, case and spacing free, its trailing
-    punctuation optional) is cut with the separator after it; a reply that does not
-    start with it is returned whole. ``None`` (only when not ``final``) means "too
-    little text yet to tell".
-    """
-    candidate = text.lstrip()
-    head = re.match(r"(\d+)[.)]\s*", prefill)
-    title = prefill[head.end() :] if head else prefill
-    core = title.rstrip(_SEPARATORS)
-    if not core:
-        # A bare list number ("1."): exactly it, what follows untouched.
-        if len(candidate) < len(prefill) and prefill.startswith(candidate) and not final:
-            return None
-        return candidate[len(prefill) :] if candidate.startswith(prefill) else text
-    number = rf"(?:{head.group(1)}[.)]\s*)?" if head else ""
-    words = r"\s+".join(re.escape(w) for w in core.split())
-    bold = r"(?:\*\*)?"
-    pattern = re.compile(rf"{bold}{number}{bold}{words}{bold}[ \t]*(?:[-:–—.][ \t]*)?", re.I)
-    if not final and len(candidate) < len(prefill) + 2:
-        return None  # a separator (or a newline) may still come
-    match = pattern.match(candidate)
-    if match is None:
-        return text
-    return candidate[match.end() :]
 
 
 class _ProbeLock:
@@ -394,48 +360,13 @@ class OpenAIBackend(BaseBackend):
 
     def body(self, request: Request, *, stream: bool) -> dict[str, Any]:
         """The JSON body for ``request`` (public so users can see what is sent)."""
-        messages = [{"role": m.role, "content": m.content} for m in request.messages]
-        body: dict[str, Any] = {"model": self.model, "messages": messages}
-        if request.prefill:
-            if self.capabilities.prefill:
-                messages.append({"role": "assistant", "content": request.prefill})
-                body["continue_final_message"] = True
-                body["add_generation_prompt"] = False
-            else:
-                messages[-1] = {
-                    "role": messages[-1]["role"],
-                    "content": f"{messages[-1]['content']}\n\nBegin your reply with exactly: "
-                    f"{request.prefill}",
-                }
-        p = request.params
-        if p.max_tokens is not None:
-            body["max_tokens"] = p.max_tokens
-        if p.temperature is not None:
-            body["temperature"] = p.temperature
-        if p.top_p is not None:
-            body["top_p"] = p.top_p
-        if p.n != 1:
-            body["n"] = p.n
-        if p.stop:
-            body["stop"] = list(p.stop)
-        if p.seed is not None:
-            body["seed"] = p.seed
-        if p.logprobs:
-            body["logprobs"] = True
-            if p.top_logprobs:
-                body["top_logprobs"] = p.top_logprobs
-        # Not in OpenAI's API; vLLM and sotflow serve accept them. Sent only when asked.
-        if p.top_k is not None:
-            body["top_k"] = p.top_k
-        if p.min_p is not None:
-            body["min_p"] = p.min_p
-        if p.repetition_penalty is not None:
-            body["repetition_penalty"] = p.repetition_penalty
-        if stream:
-            body["stream"] = True
-            body["stream_options"] = {"include_usage": True}
-        body.update(self.extra_body)
-        return body
+        return request_body(
+            request,
+            model=self.model,
+            stream=stream,
+            prefill=self.capabilities.prefill,
+            extra_body=self.extra_body,
+        )
 
     # -- calls -----------------------------------------------------------------------
 
@@ -475,7 +406,7 @@ class OpenAIBackend(BaseBackend):
 
     async def _fan_out(self, request: Request, count: int) -> Completion:
         """``count`` single-sample calls for a server that ignores ``n``, as one completion."""
-        single = Request(request.messages, request.params.replace(n=1), request.prefill)
+        single = _single(request)
         results: list[Completion | None] = [None] * count
 
         async def one(index: int) -> None:
@@ -494,17 +425,25 @@ class OpenAIBackend(BaseBackend):
     async def stream(self, request: Request) -> AsyncIterator[StreamItem]:
         wanted = request.params.n
         ignored = self._n_ignored(request)
-        sent = request
-        if ignored:
-            sent = Request(request.messages, request.params.replace(n=1), request.prefill)
+        sent = _single(request) if ignored else request
         body = self.body(sent, stream=True)
-        assembler = _StreamAssembler(sent, self)
+        assembler = StreamAssembler(
+            sent,
+            model=self.model,
+            where=self._where(),
+            prefill_in_words=not self.capabilities.prefill,
+        )
         chunks = self._raw_stream(body)
         async with aclosing(chunks):
             async for chunk in chunks:
                 for delta in assembler.add(chunk):
                     yield delta
-        completion = assembler.completion()
+        try:
+            completion = assembler.completion()
+        except StreamInterruptedError:
+            self._stream_cut_off()
+            raise
+        self._observe("streamed_usage", assembler.usage is not None)
         for delta in assembler.released:
             yield delta  # text held back while it could still have been the prefill
         if wanted > 1 and len(completion.choices) < wanted:
@@ -564,7 +503,8 @@ class OpenAIBackend(BaseBackend):
     def _sdk_args(self, body: dict[str, Any]) -> dict[str, Any]:
         known = {
             "model", "messages", "max_tokens", "temperature", "top_p", "n", "stop", "seed",
-            "logprobs", "top_logprobs", "stream", "stream_options",
+            "logprobs", "top_logprobs", "stream", "stream_options", "tools", "tool_choice",
+            "response_format",
         }  # fmt: skip
         args = {k: v for k, v in body.items() if k in known}
         extra = {k: v for k, v in body.items() if k not in known}
@@ -662,194 +602,27 @@ class OpenAIBackend(BaseBackend):
         )
 
     def _parse_completion(self, data: Any, request: Request) -> Completion:
-        if not isinstance(data, dict):
-            raise MalformedResponseError(
-                f"{self._where()} answered with something other than an object"
-            )
-        if data.get("error"):
+        if isinstance(data, dict) and data.get("error"):
             raise self._status_error(500, {}, json.dumps(data).encode())
-        raw_choices = data.get("choices")
-        if not isinstance(raw_choices, list) or not raw_choices:
-            raise MalformedResponseError(f"{self._where()} answered without choices")
-        choices = []
-        for position, raw in enumerate(raw_choices):
-            try:
-                message = raw.get("message") or {}
-                text = message.get("content") or ""
-                logprobs = _parse_logprobs((raw.get("logprobs") or {}).get("content"))
-                index = raw.get("index", position)
-            except (AttributeError, TypeError) as exc:
-                raise MalformedResponseError(f"{self._where()} sent a malformed choice") from exc
-            choices.append(
-                Choice(
-                    index, self._strip_prefill(text, request), raw.get("finish_reason"), logprobs
-                )
-            )
-        choices.sort(key=lambda c: c.index)
-        usage = _parse_usage(data.get("usage"))
-        if usage is None:
-            reasons = {c.index: c.finish_reason for c in choices if c.finish_reason}
-            usage = _estimate_usage(request, [c.text for c in choices], reasons=reasons)
-        return Completion(tuple(choices), usage, str(data.get("model") or self.model))
-
-    def _strip_prefill(self, text: str, request: Request) -> str:
-        """Without real prefill we asked the model to start with it; keep only what follows."""
-        prefill = request.prefill
-        if prefill and not self.capabilities.prefill:
-            return cut_prefill_echo(text, prefill) or ""
-        return text
-
-
-class _StreamAssembler:
-    """Turns chat-completion chunks into deltas and, at the end, one ``Completion``."""
-
-    def __init__(self, request: Request, backend: OpenAIBackend) -> None:
-        self.request = request
-        self.backend = backend
-        self.texts: dict[int, list[str]] = {}
-        self.reasons: dict[int, str] = {}
-        self.logprobs: dict[int, list[TokenLogprob]] = {}
-        self.usage: Usage | None = None
-        self.model = ""
-        # Without real prefill the model writes the prefill itself: text is held back
-        # until it is clear whether the reply starts with it, then the prefill is cut.
-        self.strip = bool(request.prefill) and not backend.capabilities.prefill
-        self.held: dict[int, str] = {}
-        self.decided: set[int] = set()
-        self.released: list[Delta] = []
-        self.chunks: dict[int, int] = {}
-
-    def add(self, chunk: dict[str, Any]) -> list[Delta]:
-        if not self.model and chunk.get("model"):
-            self.model = str(chunk["model"])
-        usage = chunk.get("usage")
-        if usage:
-            self.usage = _parse_usage(usage)
-        out: list[Delta] = []
-        choices = chunk.get("choices")
-        if not choices:
-            return out
-        try:
-            for raw in choices:
-                index = raw.get("index", 0)
-                delta = raw.get("delta") or {}
-                text = delta.get("content")
-                if text:
-                    self.chunks[index] = self.chunks.get(index, 0) + 1
-                if text and self.strip and index not in self.decided:
-                    text = self._cut_prefill(index, text)
-                if text:
-                    self.texts.setdefault(index, []).append(text)
-                    out.append(Delta(text, index))
-                lp = raw.get("logprobs")
-                if lp and lp.get("content"):
-                    self.logprobs.setdefault(index, []).extend(_parse_logprobs(lp["content"]) or ())
-                if raw.get("finish_reason"):
-                    self.reasons[index] = raw["finish_reason"]
-        except (AttributeError, TypeError) as exc:
-            raise MalformedResponseError(
-                f"{self.backend._where()} sent a malformed stream chunk"
-            ) from exc
-        return out
-
-    def _cut_prefill(self, index: int, text: str) -> str:
-        seen = self.held.pop(index, "") + text
-        cut = cut_prefill_echo(seen, self.request.prefill or "", final=False)
-        if cut is None:
-            self.held[index] = seen
-            return ""
-        self.decided.add(index)
-        return cut
-
-    def completion(self) -> Completion:
-        if not self.reasons:
-            self.backend._stream_cut_off()
-            raise StreamInterruptedError(
-                f"the stream from {self.backend._where()} stopped before any choice finished "
-                "(some servers end a running stream when another request arrives)"
-            )
-        for index, held in self.held.items():
-            # The reply ended while it could still have been the prefill: decide now.
-            rest = cut_prefill_echo(held, self.request.prefill or "")
-            if rest:
-                self.texts.setdefault(index, []).append(rest)
-                self.released.append(Delta(rest, index))
-        self.held.clear()
-        indices = sorted(set(self.texts) | set(self.reasons))
-        choices = tuple(
-            Choice(
-                index,
-                "".join(self.texts.get(index, ())),
-                self.reasons.get(index),
-                tuple(self.logprobs[index]) if index in self.logprobs else None,
-            )
-            for index in indices
+        return completion_from_wire(
+            data,
+            request,
+            model=self.model,
+            where=self._where(),
+            prefill_in_words=not self.capabilities.prefill,
         )
-        if self.usage is None:
-            self.backend._observe("streamed_usage", False)
-            usage = _estimate_usage(
-                self.request, [c.text for c in choices], chunks=self.chunks, reasons=self.reasons
-            )
-        else:
-            self.backend._observe("streamed_usage", True)
-            usage = self.usage
-        return Completion(choices, usage, self.model or self.backend.model)
 
 
-def _parse_usage(raw: Any) -> Usage | None:
-    if not isinstance(raw, dict):
-        return None
-    try:
-        prompt = int(raw.get("prompt_tokens") or 0)
-        completion = int(raw.get("completion_tokens") or 0)
-        total = int(raw.get("total_tokens") or prompt + completion)
-    except (TypeError, ValueError):
-        return None
-    return Usage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=total)
-
-
-def _estimate_usage(
-    request: Request,
-    texts: list[str],
-    *,
-    chunks: Mapping[int, int] | None = None,
-    reasons: Mapping[int, str | None] | None = None,
-) -> Usage:
-    """A stand-in, marked ``estimated``, when the server reports no usage.
-
-    Roughly 4 characters a token; a streamed choice is at least as many tokens as it
-    came in chunks (servers send about one token a chunk), and a choice cut by the
-    length limit is exactly ``max_tokens``.
-    """
-    prompt = sum(len(m.content) for m in request.messages) // 4 + 4 * len(request.messages)
-    limit = request.params.max_tokens
-    completion = 0
-    for index, text in enumerate(texts):
-        count = max(1, len(text) // 4) if text else 0
-        count = max(count, (chunks or {}).get(index, 0))
-        if limit is not None:
-            count = limit if (reasons or {}).get(index) == "length" else min(count, limit)
-        completion += count
-    return Usage.of(prompt, completion, estimated=True)
+def _single(request: Request) -> Request:
+    """``request`` asking for one sample."""
+    return dataclasses.replace(request, params=request.params.replace(n=1))
 
 
 def _merge(first: Completion, extra: Completion) -> Completion:
     """``extra``'s choices after ``first``'s, renumbered; usage added."""
     start = len(first.choices)
     moved = tuple(
-        Choice(start + i, c.text, c.finish_reason, c.logprobs) for i, c in enumerate(extra.choices)
+        Choice(start + i, c.text, c.finish_reason, c.logprobs, c.tool_calls)
+        for i, c in enumerate(extra.choices)
     )
     return Completion(first.choices + moved, first.usage + extra.usage, first.model)
-
-
-def _parse_logprobs(raw: Any) -> tuple[TokenLogprob, ...] | None:
-    if not raw:
-        return None
-    out = []
-    for item in raw:
-        top = tuple(
-            (str(t.get("token", "")), float(t.get("logprob", 0.0)))
-            for t in item.get("top_logprobs") or ()
-        )
-        out.append(TokenLogprob(str(item.get("token", "")), float(item.get("logprob", 0.0)), top))
-    return tuple(out)

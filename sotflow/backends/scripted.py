@@ -17,7 +17,7 @@ import anyio
 
 from ..errors import ConfigurationError
 from ..types import Choice, Completion, Delta, Request, TokenLogprob, Usage
-from .base import BaseBackend, Capabilities, ServerProfile, StreamItem
+from .base import BaseBackend, Capabilities, ServerProfile, StreamItem, check_text_request
 
 __all__ = ["Fail", "Reply", "ScriptedBackend", "split_tokens"]
 
@@ -98,6 +98,7 @@ class ScriptedBackend(BaseBackend):
         return len(self.requests)
 
     async def _next(self, request: Request) -> ScriptItem:
+        check_text_request(request, "ScriptedBackend")
         self.requests.append(request)
         if callable(self.script):
             item = self.script(request)
@@ -144,7 +145,8 @@ class ScriptedBackend(BaseBackend):
         )
         prompt = sum(len(split_tokens(m.content)) for m in request.messages)
         completion = sum(len(split_tokens(c.text)) for c in choices)
-        return Completion(choices=choices, usage=Usage.of(prompt, completion), model=self.model)
+        model = request.model or self.model  # a script answers for whichever model is asked
+        return Completion(choices=choices, usage=Usage.of(prompt, completion), model=model)
 
     @staticmethod
     def _as_reply(item: ScriptItem) -> Reply | Fail:

@@ -131,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     from ..backends.local import LocalBackend
     from ..decoding.head_training import Corpus, train_heads
     from ..decoding.heads import save_heads
-    from ..decoding.threads import on_torch_thread
+    from ..decoding.threads import on_model_thread
 
     # Inputs are checked before the model loads: a typo should not cost a load.
     data: dict[str, Any] = {"model": args.model}
@@ -164,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     corpus = Corpus.of(items)
     if len(corpus.sequences) < 2:
         raise ConfigurationError("the corpus has fewer than two usable sequences")
-    heads, report = on_torch_thread(
+    heads, report = on_model_thread(
         lambda: train_heads(
             backend.decoder.model,
             corpus,

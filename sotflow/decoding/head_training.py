@@ -2,10 +2,13 @@
 
 The corpus is the model's own greedy output (``Corpus``: token sequences with their
 prompt length; ``sotflow train-heads`` records one by answering questions directly and
-with Skeleton-of-Thought). One teacher-forced forward per batch of sequences gives the
-final hidden state at every generated position; head ``k`` learns, from the hidden
-state at position ``t`` (and the token ``t + 1`` it decided), the token at ``t + 1 + k``.
-The base model stays frozen (Medusa-1), so the heads can only change speed, never text.
+with Skeleton-of-Thought). One teacher-forced evaluation per sequence, on whichever
+runtime will decode with the heads, gives the final hidden state at every generated
+position; head ``k`` learns, from the hidden state at position ``t`` (and the token
+``t + 1`` it decided), the token at ``t + 1 + k``. The base model stays frozen
+(Medusa-1), so the heads can only change speed, never text. The optimisation is torch;
+the features come from the runtime (llama.cpp's hidden states differ from torch's
+float32 ones a little, so heads are best trained on the runtime that uses them).
 
 Training is deterministic for a seed: a fixed split (the last ``holdout`` share of the
 sequences is held out, never trained on), fixed shuffles, AdamW, and the epoch with the
@@ -14,26 +17,31 @@ best held-out loss is kept. The report carries per-head accuracy on the held-out
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .forward import DecoderModel, block_mask
-from .heads import DraftHeads, HeadKind, HeadsSpec
+from .heads import FORMAT, DraftHeads, HeadKind, HeadsSpec, runtime_fingerprint
+from .runtime import Runtime, TokenBatch
 
 __all__ = [
     "Corpus",
     "HeadData",
     "Prepared",
+    "TrainableHeads",
     "features",
     "head_vocabulary",
     "prepare",
+    "save_heads",
     "train_heads",
 ]
 
@@ -66,6 +74,7 @@ class Corpus:
 class HeadData:
     hidden: torch.Tensor  # [N, C] final hidden state at a generated position t
     tokens: torch.Tensor  # [N] the token at t + 1 (what that hidden state decided)
+    token_embed: torch.Tensor  # [N, C] that token's input embedding
     targets: torch.Tensor  # [N, K] head-vocabulary index of the token at t + 1 + k, or a sentinel
     entropy: torch.Tensor  # [N] of the model's next-token distribution at t, in nats
 
@@ -80,73 +89,107 @@ def head_vocabulary(corpus: Corpus, max_size: int) -> tuple[int, ...]:
     return tuple(tok for tok, _ in ranked[:max_size])
 
 
-@torch.inference_mode()
 def features(
-    model: DecoderModel,
+    runtime: Runtime,
     corpus: Corpus,
     vocab: Sequence[int],
     num_heads: int,
     *,
-    max_batch_tokens: int = 4096,
+    seq: int = 0,
+    chunk: int = 512,
 ) -> HeadData:
-    """Hidden states and targets at every generated position, batched by length."""
-    index = torch.full((model.vocab_size,), OUTSIDE, dtype=torch.long)
-    index[torch.tensor(list(vocab), dtype=torch.long)] = torch.arange(len(vocab))
-    order = sorted(range(len(corpus.sequences)), key=lambda i: len(corpus.sequences[i][0]))
-    parts: dict[int, tuple[torch.Tensor, ...]] = {}
-    start = 0
-    while start < len(order):
-        longest = len(corpus.sequences[order[start]][0])
-        end = start + 1
-        while end < len(order):
-            longest = len(corpus.sequences[order[end]][0])
-            if longest * (end - start + 1) > max_batch_tokens:
-                break
-            end += 1
-        batch = order[start:end]
-        T = max(len(corpus.sequences[i][0]) for i in batch)
-        B = len(batch)
-        tokens = torch.zeros((B, T), dtype=torch.long)
-        for b, i in enumerate(batch):
-            seq = corpus.sequences[i][0]
-            tokens[b, : len(seq)] = torch.tensor(seq)
-        # Right padding is harmless under a causal mask: a real position sees only
-        # earlier positions, which are all real.
-        cache = model.new_cache(rows=B, capacity=T)
-        inner = torch.ones((T, T), dtype=torch.bool).tril().expand(B, T, T)
-        hidden = model.hidden(
-            tokens.to(model.device),
-            torch.arange(T).expand(B, T).to(model.device),
-            cache,
-            row_start=0,
-            write_start=[0] * B,
-            mask=block_mask([0] * B, inner).to(model.device),
-        )
-        assert hidden is not None
-        for b, i in enumerate(batch):
-            seq, n = corpus.sequences[i]
-            first, last = n - 1, len(seq) - 1  # hidden at t predicts t + 1
-            h = hidden[b, first:last].float().cpu()  # [L, C]
-            logp = model.logits(hidden[b, first:last]).float().log_softmax(-1)
-            entropy = -(logp.exp() * logp).sum(-1).cpu()
-            ids = torch.tensor(seq)
-            targets = torch.full((last - first, num_heads), IGNORE, dtype=torch.long)
-            for k in range(1, num_heads + 1):
-                ahead = ids[first + 1 + k :]
-                targets[: len(ahead), k - 1] = index[ahead]
-            parts[i] = (h, ids[first + 1 :], targets, entropy)
-        start = end
-    ordered = [parts[i] for i in range(len(corpus.sequences))]
+    """Hidden states and targets at every generated position, one sequence at a time
+    on ``runtime``'s sequence ``seq`` (left empty afterwards)."""
+    index = np.full(runtime.info.vocab_size, OUTSIDE, dtype=np.int64)
+    index[np.asarray(list(vocab), dtype=np.int64)] = np.arange(len(vocab))
+    parts = []
+    chunk = min(chunk, runtime.info.max_batch_tokens)
+    for seq_tokens, n in corpus.sequences:
+        first, last = n - 1, len(seq_tokens) - 1  # hidden at t predicts t + 1
+        hidden_rows, logit_rows = [], []
+        for start in range(0, last, chunk):
+            end = min(last, start + chunk)
+            span = range(start, end)
+            batch = TokenBatch(
+                tokens=list(seq_tokens[start:end]),
+                positions=list(span),
+                seqs=[seq] * len(span),
+                parents=[-1, *range(len(span) - 1)],
+                outputs=[t >= first for t in span],
+            )
+            out = runtime.evaluate(batch, hidden=True)
+            rows = list(range(sum(batch.outputs)))
+            if rows:
+                hidden_rows.append(out.hidden(rows))
+                logit_rows.append(out.logits(rows))
+            runtime.settle({seq: list(range(len(span)))})
+        runtime.drop(seq)
+        h = np.concatenate(hidden_rows)  # [L, C]
+        logits = np.concatenate(logit_rows).astype(np.float64)
+        logits -= logits.max(-1, keepdims=True)
+        logp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+        entropy = -(np.exp(logp) * logp).sum(-1)
+        ids = np.asarray(seq_tokens, dtype=np.int64)
+        targets = np.full((last - first, num_heads), IGNORE, dtype=np.int64)
+        for k in range(1, num_heads + 1):
+            ahead = ids[first + 1 + k :]
+            targets[: len(ahead), k - 1] = index[ahead]
+        decided = ids[first + 1 :]
+        parts.append((h, decided, runtime.embedding_rows(decided.tolist()), targets, entropy))
     return HeadData(
-        hidden=torch.cat([p[0] for p in ordered]),
-        tokens=torch.cat([p[1] for p in ordered]),
-        targets=torch.cat([p[2] for p in ordered]),
-        entropy=torch.cat([p[3] for p in ordered]),
+        hidden=torch.from_numpy(np.concatenate([p[0] for p in parts]).astype(np.float32)),
+        tokens=torch.from_numpy(np.concatenate([p[1] for p in parts])),
+        token_embed=torch.from_numpy(np.concatenate([p[2] for p in parts]).astype(np.float32)),
+        targets=torch.from_numpy(np.concatenate([p[3] for p in parts])),
+        entropy=torch.from_numpy(np.concatenate([p[4] for p in parts]).astype(np.float32)),
     )
 
 
-def _loss(heads: DraftHeads, data: HeadData, rows: torch.Tensor) -> torch.Tensor:
-    logits = heads(data.hidden[rows], data.tokens[rows])  # [n, K, V']
+class TrainableHeads(torch.nn.Module):
+    """The heads of ``heads.DraftHeads`` as a torch module, for training (float32, CPU).
+
+    The vocabulary projection (restricted to ``head_vocab``) is a frozen buffer taken
+    from the runtime; the embedding of the decided token comes with the features.
+    """
+
+    def __init__(self, spec: HeadsSpec, projection: np.ndarray) -> None:
+        super().__init__()
+        self.spec = spec
+        C = spec.hidden_size
+        inputs = 2 * C if spec.sees_token else C
+        self.blocks = torch.nn.ModuleList(torch.nn.Linear(inputs, C) for _ in range(spec.num_heads))
+        links = spec.num_heads - 1 if spec.kind == "cerberus" else 0
+        self.links = torch.nn.ModuleList(torch.nn.Linear(C, C, bias=False) for _ in range(links))
+        # Zero blocks start every head as "the next token again": a known, harmless guess
+        # from which training moves away (Medusa's initialisation).
+        for module in [*self.blocks, *self.links]:
+            torch.nn.init.zeros_(module.weight)
+            if module.bias is not None:
+                torch.nn.init.zeros_(module.bias)
+        self.register_buffer(
+            "projection", torch.from_numpy(np.asarray(projection, np.float32)), persistent=False
+        )  # [V', C]
+
+    def forward(
+        self,
+        hidden: torch.Tensor,  # [N, C]
+        token_embed: torch.Tensor,  # [N, C]
+    ) -> torch.Tensor:
+        """Logits over ``head_vocab`` for every head: ``[N, K, V']``."""
+        u = torch.cat([hidden, token_embed], -1) if self.spec.sees_token else hidden
+        states = []
+        previous: torch.Tensor | None = None
+        for k, block in enumerate(self.blocks):
+            z = block(u)
+            if previous is not None and self.links:
+                z = z + self.links[k - 1](previous)
+            previous = hidden + F.silu(z)  # [N, C]
+            states.append(previous)
+        return torch.stack(states, 1) @ self.projection.T  # type: ignore[no-any-return]
+
+
+def _loss(heads: TrainableHeads, data: HeadData, rows: torch.Tensor) -> torch.Tensor:
+    logits = heads(data.hidden[rows], data.token_embed[rows])  # [n, K, V']
     targets = data.targets[rows].clamp(min=IGNORE)
     targets = targets.masked_fill(targets == OUTSIDE, IGNORE)
     return F.cross_entropy(
@@ -156,7 +199,7 @@ def _loss(heads: DraftHeads, data: HeadData, rows: torch.Tensor) -> torch.Tensor
 
 @torch.no_grad()
 def evaluate(
-    heads: DraftHeads, data: HeadData, batch_size: int = 2048
+    heads: TrainableHeads, data: HeadData, batch_size: int = 2048
 ) -> tuple[dict[str, Any], torch.Tensor]:
     """Held-out loss and each head's top-1 / top-k accuracy (over all positions: a
     target outside the head vocabulary counts as a miss), and where head 1's top-1
@@ -168,7 +211,7 @@ def evaluate(
     first_hit = torch.zeros(len(data), dtype=torch.bool)
     for start in range(0, len(data), batch_size):
         rows = torch.arange(start, min(start + batch_size, len(data)))
-        logits = heads(data.hidden[rows], data.tokens[rows])
+        logits = heads(data.hidden[rows], data.token_embed[rows])
         targets = data.targets[rows]
         valid = targets >= 0
         scored = targets != IGNORE
@@ -226,7 +269,7 @@ class Prepared:
 
 
 def prepare(
-    model: DecoderModel,
+    runtime: Runtime,
     corpus: Corpus,
     *,
     num_heads: int = 3,
@@ -240,8 +283,8 @@ def prepare(
     train_part, held_part = corpus.split(holdout)
     vocab = head_vocabulary(train_part, max_vocab)
     return Prepared(
-        train=features(model, train_part, vocab, num_heads),
-        held=features(model, held_part, vocab, num_heads),
+        train=features(runtime, train_part, vocab, num_heads),
+        held=features(runtime, held_part, vocab, num_heads),
         vocab=vocab,
         num_heads=num_heads,
         sequences=len(corpus.sequences),
@@ -250,7 +293,7 @@ def prepare(
 
 
 def train_heads(
-    model: DecoderModel,
+    runtime: Runtime,
     corpus: Corpus | Prepared,
     *,
     kind: HeadKind = "medusa",
@@ -271,7 +314,7 @@ def train_heads(
     say = log or (lambda _: None)
     began = time.perf_counter()
     if isinstance(corpus, Corpus):
-        data = prepare(model, corpus, num_heads=num_heads, max_vocab=max_vocab, holdout=holdout)
+        data = prepare(runtime, corpus, num_heads=num_heads, max_vocab=max_vocab, holdout=holdout)
     else:
         data = corpus
     train, held, vocab, num_heads = data.train, data.held, data.vocab, data.num_heads
@@ -279,9 +322,11 @@ def train_heads(
         f"features: {len(train)} training and {len(held)} held-out positions, "
         f"head vocabulary {len(vocab)} ({time.perf_counter() - began:.0f} s)"
     )
-    spec = HeadsSpec(kind, num_heads, model.hidden_size, vocab, sees_token, top_k=top_k)
+    hidden_size = runtime.info.hidden_size
+    spec = HeadsSpec(kind, num_heads, hidden_size, vocab, sees_token, top_k=top_k)
+    projection = runtime.output_rows(list(vocab))
     torch.manual_seed(seed)
-    heads = DraftHeads(spec, model).float()
+    heads = TrainableHeads(spec, projection)
     trainable = [p for p in heads.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=lr, weight_decay=0.0)
     steps = epochs * math.ceil(len(train) / batch_size)
@@ -317,13 +362,12 @@ def train_heads(
     assert best is not None
     best_state, best_scores, best_hits = best
     gate = choose_gate(held, best_hits) if kind == "cerberus" else None
-    # The spec is frozen and the gate is known only now: the kept epoch goes into new heads.
-    final = DraftHeads(
-        HeadsSpec(kind, num_heads, model.hidden_size, vocab, sees_token, gate, top_k), model
-    )
-    final.load_state_dict({k: v.to(model.dtype) for k, v in best_state.items()})
-    final.eval()
-    final.requires_grad_(False)
+    spec = HeadsSpec(kind, num_heads, hidden_size, vocab, sees_token, gate, top_k)
+    blocks = [
+        (best_state[f"blocks.{k}.weight"].numpy(), best_state[f"blocks.{k}.bias"].numpy())
+        for k in range(num_heads)
+    ]
+    links = [best_state[f"links.{k}.weight"].numpy() for k in range(len(heads.links))]
     report = {
         "kind": kind,
         "num_heads": num_heads,
@@ -343,5 +387,27 @@ def train_heads(
         "history": history,
         "seconds": round(time.perf_counter() - began, 1),
     }
-    final.info = report
+    final = DraftHeads(spec, blocks, links, projection, runtime.embedding_rows, report)
+    final.fingerprint = runtime_fingerprint(runtime)
     return final, report
+
+
+def save_heads(heads: DraftHeads, path: str | Path, info: Mapping[str, Any] | None = None) -> None:
+    """Write the trained blocks (float16) and their record to a safetensors file."""
+    from safetensors.numpy import save_file
+
+    tensors: dict[str, np.ndarray] = {}
+    for k, (w, b) in enumerate(heads.blocks):
+        tensors[f"blocks.{k}.weight"] = w.T.astype(np.float16)
+        tensors[f"blocks.{k}.bias"] = b.astype(np.float16)
+    for k, u in enumerate(heads.links):
+        tensors[f"links.{k}.weight"] = u.T.astype(np.float16)
+    spec = asdict(heads.spec)
+    spec["head_vocab"] = list(heads.spec.head_vocab)
+    record = {"spec": spec, "fingerprint": heads.fingerprint, "info": dict(info or heads.info)}
+    metadata = {"format": str(FORMAT), "record": json.dumps(record)}
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    temporary = target.with_name(target.name + ".tmp")
+    save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, str(temporary), metadata)
+    temporary.replace(target)  # never a half-written file under the real name

@@ -2,8 +2,9 @@
 
 The processors follow the order and semantics of ``transformers``: repetition penalty
 (on every token already in the context, prompt included), then temperature, top-k,
-top-p and min-p. Each row owns its ``torch.Generator``, so a seeded row draws the same
-tokens whether it is decoded alone or inside a batch.
+top-p and min-p. Each row owns its generator, so a seeded row draws the same tokens
+whether it is decoded alone or inside a batch. Plain numpy: every runtime hands the
+decoder its logits as numpy arrays, and the llama.cpp runtime must not load torch.
 """
 
 from __future__ import annotations
@@ -12,17 +13,22 @@ import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import torch
+import numpy as np
 
 __all__ = [
+    "MAX_SEED",
     "SamplingConfig",
     "TokenLogprobs",
     "apply_repetition_penalty",
     "choose",
+    "log_softmax",
     "make_generator",
     "process_logits",
     "token_logprobs",
 ]
+
+MAX_SEED = 2**64 - 1
+"""Seeds are taken modulo 2**64, so any integer a client sends is a valid seed."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,88 +61,114 @@ class TokenLogprobs:
     top: tuple[tuple[int, float], ...] = ()
 
 
-def make_generator(seed: int | None, device: torch.device | str = "cpu") -> torch.Generator:
-    generator = torch.Generator(device=device)
-    generator.manual_seed(seed if seed is not None else secrets.randbits(63))
-    return generator
+def make_generator(seed: int | None) -> np.random.Generator:
+    value = secrets.randbits(64) if seed is None else int(seed) % (MAX_SEED + 1)
+    return np.random.Generator(np.random.PCG64(value))
+
+
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    """Over the last axis, in float64 for the sums (float32 in, float64 out)."""
+    x = logits.astype(np.float64)
+    top = x.max(axis=-1, keepdims=True)
+    shifted = x - top
+    return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))  # type: ignore[no-any-return]
+
+
+def _softmax(x: np.ndarray) -> np.ndarray:
+    finite = np.isfinite(x)
+    top = x[finite].max()
+    e = np.where(finite, np.exp(x - top), 0.0)
+    return e / e.sum()  # type: ignore[no-any-return]
 
 
 def apply_repetition_penalty(
-    logits: torch.Tensor,  # [V]
-    context: torch.Tensor,  # [L] token ids
+    logits: np.ndarray,  # [V]
+    context: Sequence[int],
     penalty: float,
-) -> torch.Tensor:
-    scores = logits.gather(0, context)  # [L]
-    scores = torch.where(scores < 0, scores * penalty, scores / penalty)
-    return logits.scatter(0, context, scores)
+) -> np.ndarray:
+    out = logits.copy()
+    ids = np.unique(np.asarray(context, dtype=np.int64))
+    scores = out[ids]
+    out[ids] = np.where(scores < 0, scores * penalty, scores / penalty)
+    return out
 
 
 def process_logits(
-    logits: torch.Tensor,  # [V]
+    logits: np.ndarray,  # [V]
     config: SamplingConfig,
-    context: torch.Tensor | None = None,  # [L]
-) -> torch.Tensor:
+    context: Sequence[int] | None = None,
+) -> np.ndarray:
     """Processed float32 logits; masked-out tokens are ``-inf``."""
-    out = logits.float()
-    if config.has_penalty and context is not None and context.numel():
+    out = np.asarray(logits, dtype=np.float32)
+    if config.has_penalty and context is not None and len(context):
         assert config.repetition_penalty is not None
-        out = apply_repetition_penalty(out, context, config.repetition_penalty)
+        out = apply_repetition_penalty(out, context, np.float32(config.repetition_penalty))
     if config.greedy:
         return out
     assert config.temperature is not None
-    out = out / config.temperature
+    out = out / np.float32(config.temperature)
     if config.top_k is not None and 0 < config.top_k < out.shape[-1]:
-        kth = torch.topk(out, config.top_k).values[-1]
-        out = out.masked_fill(out < kth, float("-inf"))
+        kth = np.partition(out, -config.top_k)[-config.top_k]
+        out = np.where(out < kth, -np.inf, out).astype(np.float32)
     if config.top_p is not None and config.top_p < 1.0:
-        sorted_logits, order = torch.sort(out, descending=False)
-        cumulative = sorted_logits.softmax(-1).cumsum(-1)
+        order = np.argsort(out, kind="stable")  # ascending
+        cumulative = np.cumsum(_softmax(out[order].astype(np.float64)))
         # Drop the low tail whose mass is at most 1 - top_p; the top token always stays.
         drop_sorted = cumulative <= (1 - config.top_p)
         drop_sorted[-1] = False
-        drop = drop_sorted.scatter(0, order, drop_sorted)
-        out = out.masked_fill(drop, float("-inf"))
+        drop = np.empty_like(drop_sorted)
+        drop[order] = drop_sorted
+        out = np.where(drop, -np.inf, out).astype(np.float32)
     if config.min_p is not None and config.min_p > 0:
-        probs = out.softmax(-1)
+        probs = _softmax(out.astype(np.float64))
         floor = probs.max() * config.min_p
-        out = out.masked_fill(probs < floor, float("-inf"))
+        out = np.where(probs < floor, -np.inf, out).astype(np.float32)
     return out
 
 
 def choose(
-    logits: torch.Tensor,  # [V]
+    logits: np.ndarray,  # [V]
     config: SamplingConfig,
-    generator: torch.Generator | None,
-    context: torch.Tensor | None = None,  # [L]
+    generator: np.random.Generator | None,
+    context: Sequence[int] | None = None,
 ) -> int:
     """One token: the argmax when greedy, else a draw from the processed distribution."""
     processed = process_logits(logits, config, context)
     if config.greedy:
         return int(processed.argmax())
-    probs = processed.softmax(-1)  # [V]
+    assert generator is not None, "a sampled row needs its generator"
+    probs = _softmax(processed.astype(np.float64))  # [V]
     # Inverse-CDF draw from one uniform: one generator call per token, batch-independent.
-    u = torch.rand((), generator=generator, device=probs.device, dtype=torch.float64)
-    cdf = probs.double().cumsum(-1)
-    index = int(torch.searchsorted(cdf, u * cdf[-1], right=True).clamp(max=probs.shape[-1] - 1))
+    cdf = np.cumsum(probs)
+    u = generator.random() * cdf[-1]
+    index = min(int(np.searchsorted(cdf, u, side="right")), len(probs) - 1)
     while probs[index] == 0 and index > 0:  # float round-off can land on a masked token
         index -= 1
     return index
 
 
 def token_logprobs(
-    logits: torch.Tensor,  # [K, V] raw model logits that predicted each chosen token
+    logits: np.ndarray,  # [K, V] raw model logits that predicted each chosen token
     chosen: Sequence[int],  # [K]
     top: int = 0,
 ) -> list[TokenLogprobs]:
     """Log-probabilities of the model's raw distribution (before sampling processors)."""
-    logp = torch.log_softmax(logits.float(), dim=-1)  # [K, V]
-    idx = torch.tensor(list(chosen), device=logits.device)
-    picked = logp.gather(1, idx[:, None])[:, 0].tolist()  # [K]
+    logp = log_softmax(np.asarray(logits))  # [K, V]
+    rows = np.arange(len(chosen))
+    picked = logp[rows, np.asarray(chosen, dtype=np.int64)].tolist()
     tops: list[tuple[tuple[int, float], ...]] = [() for _ in chosen]
     if top > 0:
-        values, ids = logp.topk(min(top, logp.shape[-1]), dim=-1)  # [K, top]
+        k = min(top, logp.shape[-1])
+        ids = np.argpartition(-logp, k - 1, axis=-1)[:, :k]  # [K, k], unordered
+        values = np.take_along_axis(logp, ids, -1)
+        order = np.argsort(-values, axis=-1, kind="stable")
+        ids = np.take_along_axis(ids, order, -1)
+        values = np.take_along_axis(values, order, -1)
         tops = [
-            tuple(zip(row_ids, row_vals, strict=True))
-            for row_ids, row_vals in zip(ids.tolist(), values.tolist(), strict=True)
+            tuple(zip(map(int, i), map(float, v), strict=True))
+            for i, v in zip(ids.tolist(), values.tolist(), strict=True)
         ]
-    return [TokenLogprobs(token, lp, t) for token, lp, t in zip(chosen, picked, tops, strict=True)]
+    return [
+        TokenLogprobs(int(token), float(lp), t)
+        for token, lp, t in zip(chosen, picked, tops, strict=True)
+    ]

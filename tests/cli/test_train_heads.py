@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from sotflow.decoding.forward import DecoderModel
 from sotflow.decoding.heads import load_heads
-from sotflow.decoding.testing import byte_tokenizer, tiny_llama
+from sotflow.runtimes.torch.forward import DecoderModel
+from sotflow.runtimes.torch.testing import byte_tokenizer, tiny_llama
 
 from .conftest import Runner, clean_env
 

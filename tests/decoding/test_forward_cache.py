@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sotflow.decoding.forward import DecoderModel, block_mask, packing_available
 from sotflow.decoding.verify import build_tree
+from sotflow.runtimes.torch.forward import DecoderModel, block_mask, packing_available
 
 
 def run(model: DecoderModel, cache, row: int, start: int, tokens, offsets, inner):  # type: ignore[no-untyped-def]
@@ -14,17 +14,17 @@ def run(model: DecoderModel, cache, row: int, start: int, tokens, offsets, inner
         torch.tensor([tokens]),
         start + torch.tensor([offsets]),
         cache,
-        row_start=row,
+        rows=[row],
         write_start=[start],
         mask=block_mask([start], torch.as_tensor(inner)[None]),
     )
 
 
 @pytest.mark.parametrize("pack", [False, True])
-def test_prefill_logits_match_transformers(tiny: DecoderModel, pack: bool) -> None:
-    if pack and not packing_available(tiny.device, tiny.dtype):
+def test_prefill_logits_match_transformers(tiny_torch: DecoderModel, pack: bool) -> None:
+    if pack and not packing_available(tiny_torch.device, tiny_torch.dtype):
         pytest.fail("oneDNN packing should be available on CPU float32 with this torch")
-    tiny = DecoderModel(tiny.hf_model, pack=pack)
+    tiny = DecoderModel(tiny_torch.hf_model, pack=pack)
     assert tiny.packed == pack
     ids = torch.randint(0, 250, (1, 30), generator=torch.Generator().manual_seed(0))
     cache = tiny.new_cache()
@@ -36,35 +36,35 @@ def test_prefill_logits_match_transformers(tiny: DecoderModel, pack: bool) -> No
     assert torch.allclose(ours, theirs, atol=1e-5)
 
 
-def test_short_and_long_blocks_agree(tiny: DecoderModel) -> None:
+def test_short_and_long_blocks_agree(tiny_torch: DecoderModel) -> None:
     """Blocks up to ``small_block`` tokens use matmul attention, longer ones SDPA."""
     ids = torch.randint(0, 250, (1, 70), generator=torch.Generator().manual_seed(2)).tolist()[0]
     causal = torch.ones(70, 70, dtype=torch.bool).tril()
-    cache = tiny.new_cache()
+    cache = tiny_torch.new_cache()
     cache.add_row()
-    long = run(tiny, cache, 0, 0, ids, list(range(70)), causal)
-    short = run(tiny, cache, 0, 0, ids[:20], list(range(20)), causal[:20, :20])
+    long = run(tiny_torch, cache, 0, 0, ids, list(range(70)), causal)
+    short = run(tiny_torch, cache, 0, 0, ids[:20], list(range(20)), causal[:20, :20])
     assert torch.allclose(long[:, :20], short, atol=1e-5)
 
 
-def test_tree_block_equals_each_branch_run_causally(tiny: DecoderModel) -> None:
+def test_tree_block_equals_each_branch_run_causally(tiny_torch: DecoderModel) -> None:
     prefix = torch.randint(0, 250, (12,), generator=torch.Generator().manual_seed(1)).tolist()
     branches = [[5, 6, 7], [5, 9], [11, 12, 13, 14]]
     tree = build_tree(prefix[-1], branches, max_nodes=16)
-    cache = tiny.new_cache()
+    cache = tiny_torch.new_cache()
     cache.add_row()
     causal = torch.ones(11, 11, dtype=torch.bool).tril()
-    run(tiny, cache, 0, 0, prefix[:-1], list(range(11)), causal)
+    run(tiny_torch, cache, 0, 0, prefix[:-1], list(range(11)), causal)
     cache.lengths[0] = 11
-    block = run(tiny, cache, 0, 11, tree.tokens, tree.depths, tree.ancestors_mask())[0]
+    block = run(tiny_torch, cache, 0, 11, tree.tokens, tree.depths, tree.ancestors_mask())[0]
     with torch.inference_mode():
         for branch, nodes in zip(branches, tree.branches, strict=True):
-            full = tiny.hf_model(torch.tensor([prefix + branch])).logits[0, 11:]
+            full = tiny_torch.hf_model(torch.tensor([prefix + branch])).logits[0, 11:]
             assert torch.allclose(block[[0, *nodes]], full, atol=1e-5)
 
 
-def test_commit_moves_accepted_entries_into_place(tiny: DecoderModel) -> None:
-    cache = tiny.new_cache(rows=2, capacity=64)
+def test_commit_moves_accepted_entries_into_place(tiny_torch: DecoderModel) -> None:
+    cache = tiny_torch.new_cache(rows=2, capacity=64)
     cache.add_row()
     for tensor in cache.keys:
         tensor[0, :, :10] = torch.arange(10.0)[None, :, None]
@@ -74,8 +74,8 @@ def test_commit_moves_accepted_entries_into_place(tiny: DecoderModel) -> None:
     assert cache.keys[0][0, 0, :7, 0].tolist() == [0, 1, 2, 3, 4, 7, 9]
 
 
-def test_rows_compact_and_growth_keeps_content(tiny: DecoderModel) -> None:
-    cache = tiny.new_cache(rows=1, capacity=64)
+def test_rows_compact_and_growth_keeps_content(tiny_torch: DecoderModel) -> None:
+    cache = tiny_torch.new_cache(rows=1, capacity=64)
     for r in range(3):
         cache.add_row()
         cache.keys[1][r, :, :5] = float(r + 1)

@@ -8,19 +8,19 @@ import anyio
 import pytest
 
 from sotflow.backends.local import LocalBackend
-from sotflow.decoding.testing import byte_tokenizer, tiny_llama
-from sotflow.decoding.threads import on_torch_thread, torch_thread
+from sotflow.decoding.threads import model_thread, on_model_thread
+from sotflow.runtimes.torch.testing import byte_tokenizer, tiny_llama
 from sotflow.types import Request
 
 
 def test_work_runs_on_one_dedicated_thread_and_nested_calls_run_inline() -> None:
     caller = threading.get_ident()
-    first = on_torch_thread(threading.get_ident)
-    second = on_torch_thread(threading.get_ident)
+    first = on_model_thread(threading.get_ident)
+    second = on_model_thread(threading.get_ident)
     assert first == second != caller
     # From the torch thread itself, no round trip (a submit there would deadlock).
-    assert on_torch_thread(lambda: on_torch_thread(threading.get_ident)) == first
-    assert torch_thread() is torch_thread()
+    assert on_model_thread(lambda: on_model_thread(threading.get_ident)) == first
+    assert model_thread() is model_thread()
 
 
 def test_errors_come_back_to_the_caller() -> None:
@@ -28,12 +28,12 @@ def test_errors_come_back_to_the_caller() -> None:
         raise ValueError("from the torch thread")
 
     with pytest.raises(ValueError, match="from the torch thread"):
-        on_torch_thread(fail)
+        on_model_thread(fail)
 
 
 @pytest.mark.anyio
 async def test_the_local_backend_builds_and_steps_on_the_torch_thread() -> None:
-    torch_ident = on_torch_thread(threading.get_ident)
+    torch_ident = on_model_thread(threading.get_ident)
     tokenizer = byte_tokenizer()
     backend = LocalBackend.from_model(
         tiny_llama(seed=3, eos_token_id=tokenizer.eos_token_id), tokenizer
@@ -50,8 +50,8 @@ async def test_the_local_backend_builds_and_steps_on_the_torch_thread() -> None:
         for text in ("abc", "hello", "xyz"):
             tg.start_soon(backend.complete, Request.of(text, max_tokens=8, temperature=0))
     assert seen == {torch_ident}
-    backend.set_decoding("plain")  # allocates a cache: torch work, also on that thread
-    assert backend.decoder.model is backend._model
+    backend.set_decoding("plain")  # the model and its cache stay
+    assert backend.decoder.runtime is backend.runtime
 
 
 @pytest.fixture

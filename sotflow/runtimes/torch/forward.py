@@ -14,6 +14,7 @@ CPU in float32) keeps oneDNN-reordered copies (see ``_Linear``).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -210,13 +211,13 @@ class DecoderModel:
         positions: torch.Tensor,  # [B, T]
         cache: KVCache,
         *,
-        row_start: int,
+        rows: Sequence[int],
         write_start: list[int],
         mask: torch.Tensor,  # [B, 1, T, S] bool, True = may attend
         logits_at: torch.Tensor | None = None,  # [B, K] indices into T, or None for all
         compute_logits: bool = True,
     ) -> torch.Tensor | None:
-        """Run ``tokens`` for cache rows ``row_start .. row_start+B-1``.
+        """Run ``tokens`` for cache rows ``rows`` (one per batch row).
 
         Row ``b``'s block is written to cache indices ``write_start[b] .. +T-1``; keys
         ``0 .. S-1`` are read. Returns logits ``[B, T, V]`` (or ``[B, K, V]``).
@@ -225,7 +226,7 @@ class DecoderModel:
             tokens,
             positions,
             cache,
-            row_start=row_start,
+            rows=rows,
             write_start=write_start,
             mask=mask,
             hidden_at=logits_at,
@@ -243,7 +244,7 @@ class DecoderModel:
         positions: torch.Tensor,  # [B, T]
         cache: KVCache,
         *,
-        row_start: int,
+        rows: Sequence[int],
         write_start: list[int],
         mask: torch.Tensor,  # [B, 1, T, S] bool, True = may attend
         hidden_at: torch.Tensor | None = None,  # [B, K] indices into T, or None for all
@@ -256,14 +257,21 @@ class DecoderModel:
         S = mask.shape[-1]
         H, Hkv, D = self.n_heads, self.n_kv_heads, self.head_dim
         cos, sin = self._rope(positions)
-        rows = slice(row_start, row_start + B)
-        same_start = all(w == write_start[0] for w in write_start)
+        first = rows[0]
+        contiguous = list(rows) == list(range(first, first + B))
+        # Contiguous rows are a view of the cache; others are gathered (a copy).
+        picked: slice | torch.Tensor = (
+            slice(first, first + B)
+            if contiguous
+            else torch.tensor(list(rows), device=tokens.device)
+        )
+        same_start = contiguous and all(w == write_start[0] for w in write_start)
         if same_start:
             w0 = write_start[0]
             index = None
         else:
             starts = torch.tensor(write_start, device=tokens.device)
-            b_idx = torch.arange(row_start, row_start + B, device=tokens.device)[:, None]  # [B, 1]
+            b_idx = torch.tensor(list(rows), device=tokens.device)[:, None]  # [B, 1]
             t_idx = starts[:, None] + torch.arange(T, device=tokens.device)  # [B, T]
             index = (b_idx, t_idx)
         # Decode blocks are short: a plain matmul attention beats the flash kernel there,
@@ -291,12 +299,12 @@ class DecoderModel:
             v = v.view(B, T, Hkv, D).transpose(1, 2)  # [B, Hkv, T, D]
             kc, vc = cache.keys[i], cache.values[i]  # [R, Hkv, C, D]
             if index is None:
-                kc[rows, :, w0 : w0 + T] = k
-                vc[rows, :, w0 : w0 + T] = v
+                kc[picked, :, w0 : w0 + T] = k
+                vc[picked, :, w0 : w0 + T] = v
             else:
                 kc[index[0], :, index[1]] = k.transpose(1, 2)  # [B, T, Hkv, D]
                 vc[index[0], :, index[1]] = v.transpose(1, 2)
-            attn = self._attend(q, kc[rows, :, :S], vc[rows, :, :S], mask, bias)  # [B, H, T, D]
+            attn = self._attend(q, kc[picked, :, :S], vc[picked, :, :S], mask, bias)  # [B, H, T, D]
             attn = attn.transpose(1, 2).reshape(B, T, H * D)
             x = x + layer.o(attn)
             h = self._rms(x, layer.ln_post)

@@ -13,9 +13,9 @@ from typing import Any
 
 import torch
 
-from .threads import on_torch_thread
+from ...decoding.threads import on_model_thread
 
-__all__ = ["CHATML_TEMPLATE", "byte_tokenizer", "tiny_llama"]
+__all__ = ["CHATML_TEMPLATE", "byte_alphabet", "byte_tokenizer", "reference_greedy", "tiny_llama"]
 
 CHATML_TEMPLATE = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
@@ -60,7 +60,7 @@ def tiny_llama(
     return model
 
 
-def _byte_alphabet() -> list[str]:
+def byte_alphabet() -> list[str]:
     # The GPT-2 byte-to-printable mapping: printable bytes map to themselves, the rest
     # to unused code points, so every byte is one visible vocabulary entry.
     printable = (
@@ -83,7 +83,7 @@ def byte_tokenizer() -> Any:
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    vocab = {ch: i for i, ch in enumerate(_byte_alphabet())}
+    vocab = {ch: i for i, ch in enumerate(byte_alphabet())}
     core = Tokenizer(models.BPE(vocab=vocab, merges=[]))
     core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
     core.decoder = decoders.ByteLevel()
@@ -121,7 +121,7 @@ def reference_greedy(
             )
         return out[0, len(prompt) :].tolist()  # type: ignore[no-any-return]
 
-    tokens = on_torch_thread(run)
+    tokens = on_model_thread(run)
     for i, token in enumerate(tokens):
         if token in eos:
             tokens = tokens[:i]

