@@ -52,6 +52,12 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--no-token", action="store_true", help="heads read the hidden state only")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--report", help="also write the training report here (JSON)")
+    ap.add_argument(
+        "--runtime",
+        choices=("auto", "llama.cpp", "torch"),
+        default="auto",
+        help="the runtime whose hidden states the heads learn from (the one that will use them)",
+    )
     ap.add_argument("--device", default="auto")
     ap.add_argument("--dtype", default=None)
     return ap
@@ -129,8 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.questions and not (corpus_path and corpus_path.is_file()):
         raise ConfigurationError("pass --questions FILE (or --corpus FILE that already exists)")
     from ..backends.local import LocalBackend
-    from ..decoding.head_training import Corpus, train_heads
-    from ..decoding.heads import save_heads
+    from ..decoding.head_training import Corpus, save_heads, train_heads
     from ..decoding.threads import on_model_thread
 
     # Inputs are checked before the model loads: a typo should not cost a load.
@@ -146,7 +151,9 @@ def main(argv: list[str] | None = None) -> int:
         questions = [str(item.question) for item in rows][: args.limit]
         if not questions:
             raise ConfigurationError(f"{args.questions} has no questions")
-    backend = LocalBackend(args.model, device=args.device, dtype=args.dtype, max_batch_size=16)
+    backend = LocalBackend(
+        args.model, runtime=args.runtime, device=args.device, dtype=args.dtype, max_batch_size=16
+    )
     if items is None:
         _say(f"recording the model's answers to {len(questions)} questions")
         items = _record_corpus(backend, questions, args)
@@ -166,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
         raise ConfigurationError("the corpus has fewer than two usable sequences")
     heads, report = on_model_thread(
         lambda: train_heads(
-            backend.decoder.model,
+            backend.runtime,
             corpus,
             kind=args.kind,
             num_heads=args.heads,

@@ -9,6 +9,7 @@ import pytest
 
 from sotflow.decoding.heads import load_heads
 from sotflow.runtimes.torch.forward import DecoderModel
+from sotflow.runtimes.torch.runtime import TorchRuntime
 from sotflow.runtimes.torch.testing import byte_tokenizer, tiny_llama
 
 from .conftest import Runner, clean_env
@@ -49,7 +50,7 @@ def test_train_heads_records_a_corpus_trains_and_reuses_it(
 
     from transformers import AutoModelForCausalLM
 
-    model = DecoderModel(AutoModelForCausalLM.from_pretrained(tiny_folder))
+    model = TorchRuntime(DecoderModel(AutoModelForCausalLM.from_pretrained(tiny_folder)))
     heads = load_heads(out, model)
     assert heads.kind == "medusa" and heads.spec.num_heads == 3
     assert heads.info["data"]["questions_file"] == "questions.txt"
