@@ -22,6 +22,8 @@ from ..limits import Limiter
 from ..types import Completion, Delta, Request
 
 __all__ = [
+    "PARALLEL_CALLS",
+    "SERIAL_GAIN",
     "Backend",
     "BaseBackend",
     "Capabilities",
@@ -54,6 +56,10 @@ class Capabilities:
 SERIAL_GAIN = 1.5
 """Below this parallel gain SoT's points gain too little from being sent at once
 to pay for the skeleton: the server (nearly) runs one call at a time."""
+
+PARALLEL_CALLS = 4
+"""How many calls at once a parallel gain is stated for: about the points a SoT
+skeleton has (the bundled model writes 3 to 5)."""
 
 ProfileSource = Literal["declared", "probed", "observed", "assumed"]
 

@@ -40,7 +40,14 @@ from ..decoding.threads import on_model_thread
 from ..errors import BackendError, BadRequestError, ConfigurationError
 from ..limits import Limiter
 from ..types import Choice, Completion, Delta, Request, TokenLogprob, Usage
-from .base import BaseBackend, Capabilities, StreamItem, check_text_request
+from .base import (
+    PARALLEL_CALLS,
+    BaseBackend,
+    Capabilities,
+    ServerProfile,
+    StreamItem,
+    check_text_request,
+)
 
 if TYPE_CHECKING:
     from ..decoding.batched import BatchDecoder, SequenceUpdate, SpeculationConfig
@@ -276,6 +283,26 @@ class LocalBackend(BaseBackend):
 
         # One sequence id past the decoder's: the measurement never touches a live row.
         return cached_costs(self.runtime, cache_root() / "costs", seq=max_batch_size)
+
+    async def profile(self) -> ServerProfile:
+        """What this backend does, known without a call: its parallel gain for
+        ``PARALLEL_CALLS`` requests at once is that many over what a batch of that many
+        tokens costs against one token (``self.costs``, measured at load and refined by
+        every step). Near 1 on a small CPU, where SoT's batched points then buy nothing
+        and ``auto`` answers directly."""
+        if self.known_profile is not None:
+            return self.known_profile
+        calls = min(PARALLEL_CALLS, self.decoder.max_batch_size)
+        cost = self.costs(calls)
+        return ServerProfile(
+            parallel_gain=round(calls / cost, 2) if cost > 0 else None,
+            prefill=True,
+            n=True,
+            streamed_usage=True,
+            source="declared",
+            probe_calls=calls,
+            notes=(f"a batch of {calls} tokens costs {cost:.2f}x one token here",),
+        )
 
     # ------------------------------------------------------------------ prompts
     def encode(self, request: Request) -> list[int]:

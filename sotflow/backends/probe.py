@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from ..errors import BadRequestError
-from .base import ServerProfile
+from .base import PARALLEL_CALLS, ServerProfile
 
 if TYPE_CHECKING:
     from .openai import OpenAIBackend
@@ -40,7 +40,7 @@ __all__ = ["PROFILE_TTL_S", "ProfileCache", "known_profile", "probe_server"]
 PROFILE_TTL_S = 24 * 3600.0
 """How long a cached measurement is trusted."""
 
-PROBE_CALLS = 4
+PROBE_CALLS = PARALLEL_CALLS
 PROBE_TOKENS = 16
 MEASURABLE_S = 0.05
 """A call faster than this is mostly overhead: its parallel gain says nothing (and SoT

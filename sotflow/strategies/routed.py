@@ -85,8 +85,8 @@ class Routed:
             gain = profile.parallel_gain if profile is not None else None
             if gain is not None and gain < self.min_parallel_gain:
                 why = (
-                    f"the server runs one call at a time (parallel gain {gain:.2f}x), so "
-                    f"{decision.strategy} would be slower; answered directly"
+                    f"the backend runs (nearly) one call at a time (parallel gain "
+                    f"{gain:.2f}x), so {decision.strategy} would be slower; answered directly"
                 )
                 decision = decision.model_copy(
                     update={"strategy": "direct", "reason": f"{decision.reason}; but {why}"}

