@@ -184,7 +184,7 @@ def main() -> None:
     records, broken = read_records(batch_out)
     ids = Counter(r["id"] for r in records)
     answered = [r for r in records if r["error"] is None and r["answer"]]
-    attempts = sum(r["attempts"] for r in records)
+    attempts = sum(r["calls"] + r["retries"] for r in records)  # every request sent
     calls = sum(calls_of(r) for r in answered)
     busy = sum(busy_seconds(r, args.ttft, args.tps) for r in answered)
     cli_time = re.search(r"\(of \d+\) in ([\d.]+) s", stderr)
@@ -205,7 +205,8 @@ def main() -> None:
         "broken_lines": broken,
         "attempts": attempts,
         "calls": calls,
-        "retries": attempts - calls,
+        "recorded_calls": sum(r["calls"] for r in records),
+        "retries": sum(r["retries"] for r in records),
         "server_requests": stats["requests"],
         "server_faults": stats["faults"],
         "server_statuses": stats["statuses"],
@@ -234,8 +235,8 @@ def main() -> None:
     print(f"| ids duplicated / missing / broken lines | {w['duplicated_ids']} / "
           f"{w['missing_ids']} / {broken} |")  # fmt: skip
     print(f"| model calls needed (skeleton + points) | {calls:,} |")
-    print(f"| attempts recorded (sum of `attempts`) | {attempts:,} |")
-    print(f"| retries (attempts - calls) | {w['retries']:,} |")
+    print(f"| requests recorded (sum of `calls` + `retries`) | {attempts:,} |")
+    print(f"| retries (sum of `retries`) | {w['retries']:,} |")
     print(f"| server: requests / injected faults | {stats['requests']:,} / {stats['faults']:,} |")
     print(f"| server: peak calls in flight | {stats['peak_in_flight']} |")
     print(f"| per-question critical path c (median unloaded SoT latency, {len(unloaded)} "

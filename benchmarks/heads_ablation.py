@@ -38,12 +38,13 @@ def main() -> None:
     ap.add_argument("--model", default="smollm2")
     ap.add_argument("--sequences", type=int, default=400)
     ap.add_argument("--epochs", type=int, default=6)
+    ap.add_argument("--runtime", default="torch", help="whose hidden states: torch or llama.cpp")
     ap.add_argument("--json", dest="json_path", default=None)
     args = ap.parse_args()
     items, record = read_corpus(args.corpus)
     corpus = Corpus.of(items[: args.sequences])
-    backend = LocalBackend(args.model, device="cpu")
-    model = backend.decoder.model
+    backend = LocalBackend(args.model, runtime=args.runtime, device="cpu")
+    model = backend.runtime
     began = time.perf_counter()
     data = on_model_thread(lambda: prepare(model, corpus))
     print(f"features: {time.perf_counter() - began:.0f} s", flush=True)

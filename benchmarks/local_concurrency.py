@@ -17,10 +17,8 @@ import time
 from typing import Any
 
 import anyio
-import torch
 
 from sotflow.backends.local import LocalBackend
-from sotflow.decoding.threads import on_model_thread
 from sotflow.types import Request
 
 QUESTIONS = [
@@ -102,12 +100,17 @@ async def main() -> None:
     ap.add_argument("--decoding", default=None, help="decoding mode (default: the backend's)")
     ap.add_argument("--workloads", default="independent,sot-points")
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--runtime", default="auto", help="auto (default), llama.cpp or torch")
     ap.add_argument("--json", dest="json_path", default=None)
     args = ap.parse_args()
-    if args.threads:
-        on_model_thread(torch.set_num_threads, args.threads)
     backend = LocalBackend(
-        args.model, device=args.device, dtype=args.dtype, decoding=args.decoding, max_batch_size=8
+        args.model,
+        runtime=args.runtime,
+        device=args.device,
+        dtype=args.dtype,
+        threads=args.threads,
+        decoding=args.decoding,
+        max_batch_size=8,
     )
     await backend.complete(Request.of("Hello", max_tokens=4))  # warm-up
     results = []
@@ -146,7 +149,7 @@ async def main() -> None:
         )
     print()
     print(
-        f"model {args.model}, CPU float32, {torch.get_num_threads()} threads, decoding "
+        f"model {args.model}, {backend.loaded.note}, decoding "
         f"{backend.decoder.config.mode}, 8 requests x {args.max_tokens} tokens, "
         f"median of {args.runs} runs"
     )

@@ -18,11 +18,9 @@ import time
 from pathlib import Path
 
 import anyio
-import torch
 
 import sotflow
 from sotflow.backends.local import LocalBackend
-from sotflow.decoding.threads import on_model_thread
 
 DEFAULT_QUESTIONS = Path(__file__).resolve().parents[1] / "data" / "router" / "vicuna80.jsonl"
 FALLBACK = [
@@ -52,12 +50,17 @@ async def main() -> None:
     ap.add_argument("--point-max-tokens", type=int, default=48)
     ap.add_argument("--decoding", default=None)
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--runtime", default="auto", help="auto (default), llama.cpp or torch")
     ap.add_argument("--json", dest="json_path", default=None)
     args = ap.parse_args()
-    if args.threads:
-        on_model_thread(torch.set_num_threads, args.threads)
     backend = LocalBackend(
-        args.model, device=args.device, dtype=args.dtype, decoding=args.decoding, max_batch_size=16
+        args.model,
+        runtime=args.runtime,
+        device=args.device,
+        dtype=args.dtype,
+        threads=args.threads,
+        decoding=args.decoding,
+        max_batch_size=16,
     )
     sot = sotflow.SkeletonOfThought(point_max_tokens=args.point_max_tokens, skeleton_max_tokens=96)
     direct = sotflow.Direct(max_tokens=args.direct_max_tokens)
@@ -91,10 +94,7 @@ async def main() -> None:
                 flush=True,
             )
     print()
-    print(
-        f"model {args.model}, CPU float32, {torch.get_num_threads()} threads, "
-        f"decoding {backend.decoder.config.mode}"
-    )
+    print(f"model {args.model}, {backend.loaded.note}, decoding {backend.decoder.config.mode}")
     print()
     print("| question | direct s (tokens) | SoT s (tokens, points) | speed-up |")
     print("|---|---:|---:|---:|")

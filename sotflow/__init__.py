@@ -11,6 +11,7 @@ from .backends.base import Backend, Capabilities, ModelView, ServerProfile
 from .backends.local import LocalBackend
 from .backends.openai import OpenAIBackend
 from .backends.scripted import Fail, Reply, ScriptedBackend
+from .breaker import ConnectionBreaker
 from .engine import Engine, EventStream
 from .errors import (
     APIConnectionError,
@@ -21,6 +22,7 @@ from .errors import (
     BudgetExceededError,
     ConfigurationError,
     DeadlineExceededError,
+    EndpointUnreachableError,
     GraphError,
     MalformedResponseError,
     NoAnswerError,
@@ -100,12 +102,14 @@ __all__ = [
     "Choice",
     "Completion",
     "ConfigurationError",
+    "ConnectionBreaker",
     "DeadlineExceededError",
     "Decision",
     "Delta",
     "Direct",
     "Embed",
     "EmbeddingRouter",
+    "EndpointUnreachableError",
     "Engine",
     "ErrorInfo",
     "Event",

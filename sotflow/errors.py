@@ -8,7 +8,8 @@
     ├── NoAnswerError               samples came back, but none could be used as the answer
     └── BackendError                one model call failed
         ├── APIConnectionError      could not connect, or the connection broke
-        │   └── StreamInterruptedError   a stream ended before it was complete
+        │   ├── StreamInterruptedError   a stream ended before it was complete
+        │   └── EndpointUnreachableError calls in a row could not connect: given up
         ├── APITimeoutError         one attempt took longer than its timeout
         ├── MalformedResponseError  the server answered, but not with a valid completion
         └── ProviderError           the server answered with an error status
@@ -36,6 +37,7 @@ __all__ = [
     "BudgetExceededError",
     "ConfigurationError",
     "DeadlineExceededError",
+    "EndpointUnreachableError",
     "GraphError",
     "MalformedResponseError",
     "NoAnswerError",
@@ -105,6 +107,14 @@ class APIConnectionError(BackendError):
 
 class StreamInterruptedError(APIConnectionError):
     """A streamed response stopped before its end marker."""
+
+
+class EndpointUnreachableError(APIConnectionError):
+    """Several attempts in a row could not connect and nothing answered in between: the
+    server is down or its address is wrong. Calls fail at once instead of each waiting
+    out its own retries (see ``sotflow.breaker``)."""
+
+    retryable = False
 
 
 class APITimeoutError(BackendError, TimeoutError):

@@ -1,7 +1,9 @@
 """Limits shared by every call to one backend: in-flight cap, requests/min, tokens/min.
 
 A ``Limiter`` belongs to a backend, so every node of every run that talks to that
-backend, from any number of engines, waits in the same queues.
+backend, from any number of engines, waits in the same queues. It also carries the
+backend's ``ConnectionBreaker`` (``sotflow.breaker``): every call passes here, so this
+is where a dead endpoint is seen by all of them at once.
 
 Rates use a sliding window: at most ``rpm`` calls start, and at most ``tpm`` tokens
 are charged, in any ``window_s`` seconds. A call is charged an estimate when it starts
@@ -22,6 +24,7 @@ from dataclasses import dataclass
 import anyio
 import anyio.lowlevel
 
+from .breaker import ConnectionBreaker
 from .errors import ConfigurationError
 
 __all__ = ["Limiter", "Ticket"]
@@ -184,6 +187,7 @@ class Limiter:
         tpm: int | None = None,
         *,
         window_s: float = 60.0,
+        breaker: ConnectionBreaker | None = None,
     ) -> None:
         for name, value in (("max_concurrency", max_concurrency), ("rpm", rpm), ("tpm", tpm)):
             if value is not None and (not isinstance(value, int) or value < 1):
@@ -198,6 +202,7 @@ class Limiter:
         self._requests = _Window(rpm, window_s) if rpm else None
         self._tokens = _Window(tpm, window_s) if tpm else None
         self._state: _LoopState | None = None
+        self.breaker = breaker if breaker is not None else ConnectionBreaker()
         self.in_flight = 0
         self.peak_in_flight = 0
 

@@ -20,13 +20,18 @@ import anyio.abc
 import tenacity
 
 from .backends.base import DEFAULT_COMPLETION_ESTIMATE, Backend
+from .breaker import CallRecord, ConnectionBreaker
 from .errors import (
+    APIConnectionError,
     APITimeoutError,
     BackendError,
     BudgetExceededError,
     ConfigurationError,
     DeadlineExceededError,
+    EndpointUnreachableError,
     GraphError,
+    MalformedResponseError,
+    ProviderError,
     StreamInterruptedError,
 )
 from .events import (
@@ -405,14 +410,17 @@ class Run:
         estimate = backend.estimate_tokens(request)
         stream = self.sink is not None
         policy = self.engine.retry
+        record = CallRecord()
         state.attempts = 1
         try:
             # Most calls succeed first time; the retry machinery only starts on a failure.
-            completion = await self.attempt(state, backend, request, estimate, stream)
+            completion = await self.attempt(state, backend, request, estimate, stream, record)
         except BackendError as first:
             if not first.retryable or policy.max_retries == 0:
                 raise
-            completion = await self.retry_call(state, backend, request, estimate, stream, first)
+            completion = await self.retry_call(
+                state, backend, request, estimate, stream, first, record
+            )
         self.charge(state, completion.usage)
         if node.then is None:
             return completion
@@ -445,6 +453,7 @@ class Run:
         estimate: int,
         stream: bool,
         first: BackendError,
+        record: CallRecord,
     ) -> Completion:
         """Retry a failed first attempt under the engine's policy (tenacity drives it)."""
 
@@ -465,7 +474,7 @@ class Run:
                 if replay:
                     raise replay.pop()
                 state.attempts += 1
-                completion = await self.attempt(state, backend, request, estimate, stream)
+                completion = await self.attempt(state, backend, request, estimate, stream, record)
         assert completion is not None
         return completion
 
@@ -476,8 +485,12 @@ class Run:
         request: Request,
         estimate: int,
         stream: bool,
+        record: CallRecord,
     ) -> Completion:
         timeout = self.engine.timeout
+        breaker: ConnectionBreaker | None = getattr(backend.limiter, "breaker", None)
+        if breaker is not None:
+            breaker.check()  # a dead endpoint: fail now, not after queueing for a slot
         params = request.params
         # A failed call is charged its prompt only, not the completion it never produced.
         prompt_only = max(
@@ -485,10 +498,13 @@ class Run:
         )
         async with backend.limiter.slot(estimate, self.priority) as ticket:
             # Checked once the slot is ours: calls queued behind the cap while others
-            # spent the budget must not start (and are charged nothing).
+            # spent the budget, or while the endpoint was given up, must not start (and
+            # are charged nothing).
             try:
                 self.budget.check()
-            except BudgetExceededError:
+                if breaker is not None:
+                    breaker.check()
+            except (BudgetExceededError, EndpointUnreachableError):
                 ticket.settle(0)
                 raise
             try:
@@ -506,12 +522,30 @@ class Run:
                     f"{timeout:g}s; raise the per-attempt timeout (timeout=...) if the model "
                     "is slow."
                 ) from exc
-            except BaseException:
+            except BaseException as exc:
                 ticket.settle(self.charge_partial(state, prompt_only) or prompt_only)
+                if breaker is not None:
+                    given_up = self.observe(breaker, exc, state, record)
+                    if given_up is not None:
+                        raise given_up from exc
                 raise
             state.received = 0
             ticket.settle(completion.usage.total_tokens)
+            if breaker is not None:
+                breaker.answered(record)
             return completion
+
+    def observe(
+        self, breaker: ConnectionBreaker, exc: BaseException, state: _NodeState, record: CallRecord
+    ) -> EndpointUnreachableError | None:
+        """Tell the backend's breaker how an attempt failed; the error to raise instead
+        when this failure makes it give up on the endpoint."""
+        if isinstance(exc, StreamInterruptedError | ProviderError | MalformedResponseError):
+            breaker.answered(record)  # the server was there and said something
+        elif isinstance(exc, APIConnectionError) and not isinstance(exc, EndpointUnreachableError):
+            last = state.attempts > self.engine.retry.max_retries
+            return breaker.failed(exc, record, last_attempt=last)
+        return None
 
     async def stream_attempt(
         self, state: _NodeState, backend: Backend, request: Request

@@ -377,19 +377,25 @@ async def serve(backend: Backend, host: str = "127.0.0.1", port: int = 8000) -> 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The serve options, shared by ``python -m sotflow.serve`` and ``sotflow serve``."""
+    # Imported here: the cli package imports this module to build its own parser.
+    from .cli.options import add_local_options, positive_int
+
     parser.add_argument("--model", default="smollm2", help="alias, HF folder, .gguf file or hub id")
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=8000)
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, ...")
-    parser.add_argument("--dtype", default=None, help="float32 (default), bfloat16, float16")
-    parser.add_argument("--max-batch-size", type=int, default=16)
     parser.add_argument(
-        "--decoding",
-        default=None,
-        help="plain, prompt_lookup (default), jacobi, lookahead, hybrid, medusa, cerberus",
+        "--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)"
     )
+    parser.add_argument("--port", type=int, default=8000, help="port to listen on (default 8000)")
     parser.add_argument(
-        "--heads", default=None, help="draft heads file for medusa/cerberus (sotflow train-heads)"
+        "--max-batch-size",
+        type=positive_int,
+        default=16,
+        help="requests decoded together in one batch at most (default 16)",
+    )
+    add_local_options(parser)
+    parser.add_argument(
+        "--verbose",
+        action="store_true",
+        help="also show other libraries' progress bars and log lines while loading",
     )
 
 
@@ -397,17 +403,15 @@ def run(args: argparse.Namespace) -> int:
     """Load the model and serve until interrupted; 2 on a configuration error."""
     import sys
 
-    from .backends.local import LocalBackend
+    from .cli.options import load_local
+    from .cli.quiet import hush_third_party, show_third_party
 
+    if args.verbose:
+        show_third_party()
+    else:
+        hush_third_party()
     try:
-        backend = LocalBackend(
-            args.model,
-            device=args.device,
-            dtype=args.dtype,
-            max_batch_size=args.max_batch_size,
-            decoding=args.decoding,
-            heads=args.heads,
-        )
+        backend = load_local(args, args.model, max_batch_size=args.max_batch_size)
     except ConfigurationError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -1,8 +1,10 @@
-"""Shared fixtures: the anyio backend and one loopback server for the whole session."""
+"""Shared fixtures: the anyio backend, one loopback server, one llama-cpp-python server
+and (for the tests that ask for it) one local Ray cluster for the whole session."""
 
 from __future__ import annotations
 
 import importlib.util
+import logging
 import socket
 import subprocess
 import sys
@@ -118,3 +120,22 @@ def llama_server() -> Iterator[LlamaCppServer]:
     finally:
         server.stop()
         server._log.close()
+
+
+@pytest.fixture(scope="session")
+def ray_cluster() -> Iterator[str]:
+    """A local Ray cluster of 2 CPUs, started once (it takes seconds) and shut down at the
+    end; this process is its driver. Yields the address ``sotflow batch --ray`` joins."""
+    import ray
+
+    ray.init(
+        address="local",
+        num_cpus=2,
+        include_dashboard=False,
+        logging_level=logging.WARNING,
+        log_to_driver=False,
+    )
+    try:
+        yield ray.get_runtime_context().gcs_address
+    finally:
+        ray.shutdown()

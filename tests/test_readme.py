@@ -37,3 +37,15 @@ def test_every_public_name_in_the_readme_exists() -> None:
     text = (ROOT / "README.md").read_text()
     for name in set(re.findall(r"sotflow\.([A-Z]\w+)", text)):
         assert hasattr(sotflow, name), name
+
+
+CPU_TORCH = "pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu"
+
+
+def test_the_cpu_only_torch_install_is_stated_once_beside_the_install_command() -> None:
+    text = (ROOT / "README.md").read_text()
+    assert text.count(CPU_TORCH) == 1
+    section = text.split("## Two commands", 1)[1].split("\n## ", 1)[0]
+    install_block_end = section.index("```", section.index("```bash") + 3)
+    paragraph = section[install_block_end:].split("\n\n", 2)[1]  # the one right below
+    assert CPU_TORCH in paragraph and "without a GPU" in paragraph

@@ -210,6 +210,7 @@ class OpenAIBackend(BaseBackend):
             # Our engine is the one retry layer; the SDK's own retries would multiply it.
             self._client = client.with_options(max_retries=0)
             self.base_url = str(client.base_url).rstrip("/")
+            self._base_url_source = "the client's base_url"
             self._secret = getattr(client, "api_key", None) or None
             self._transport: Transport | None = None
             self._init_profile()
@@ -217,6 +218,13 @@ class OpenAIBackend(BaseBackend):
         self.base_url = _checked_base_url(
             base_url or os.environ.get("OPENAI_BASE_URL") or OPENAI_BASE_URL,
             "base_url" if base_url else "OPENAI_BASE_URL",
+        )
+        self._base_url_source = (
+            "base_url (--base-url on the command line)"
+            if base_url
+            else "OPENAI_BASE_URL"
+            if os.environ.get("OPENAI_BASE_URL")
+            else "the default (set OPENAI_BASE_URL or base_url for another server)"
         )
         api_key = api_key if api_key is not None else os.environ.get("OPENAI_API_KEY")
         if not api_key and self.base_url == OPENAI_BASE_URL:
@@ -375,7 +383,12 @@ class OpenAIBackend(BaseBackend):
         if self._client is not None:
             return await self._sdk_complete(body)
         assert self._transport is not None
-        response = await self._transport.post(self._url, self._headers, json.dumps(body).encode())
+        try:
+            response = await self._transport.post(
+                self._url, self._headers, json.dumps(body).encode()
+            )
+        except APIConnectionError as exc:
+            raise self._unreachable(exc) from exc
         if response.status >= 400:
             raise self._status_error(response.status, response.headers, response.content)
         try:
@@ -459,22 +472,27 @@ class OpenAIBackend(BaseBackend):
 
     async def _http_stream(self, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
         assert self._transport is not None
-        async with self._transport.stream(
-            self._url, self._headers, json.dumps(body).encode()
-        ) as response:
-            if response.status >= 400:
-                content = b"".join([c async for c in response.chunks])
-                raise self._status_error(response.status, response.headers, content)
-            decoder = SSEDecoder()
-            async for raw in response.chunks:
-                for data in decoder.feed(raw):
+        try:
+            async with self._transport.stream(
+                self._url, self._headers, json.dumps(body).encode()
+            ) as response:
+                if response.status >= 400:
+                    content = b"".join([c async for c in response.chunks])
+                    raise self._status_error(response.status, response.headers, content)
+                decoder = SSEDecoder()
+                async for raw in response.chunks:
+                    for data in decoder.feed(raw):
+                        if data == b"[DONE]":
+                            return
+                        yield self._decode_event(data)
+                for data in decoder.flush():
                     if data == b"[DONE]":
                         return
                     yield self._decode_event(data)
-            for data in decoder.flush():
-                if data == b"[DONE]":
-                    return
-                yield self._decode_event(data)
+        except StreamInterruptedError:
+            raise  # the server was reached; the hint below would mislead
+        except APIConnectionError as exc:
+            raise self._unreachable(exc) from exc
         raise StreamInterruptedError(f"the stream from {self._where()} ended without [DONE]")
 
     def _decode_event(self, data: bytes) -> dict[str, Any]:
@@ -536,7 +554,9 @@ class OpenAIBackend(BaseBackend):
         if isinstance(exc, openai.APITimeoutError):
             return APITimeoutError(f"the request to {self._where()} timed out")
         if isinstance(exc, openai.APIConnectionError):
-            return APIConnectionError(f"could not reach {self._where()}: {self._redact(str(exc))}")
+            return self._unreachable(
+                APIConnectionError(f"could not reach {self._where()}: {self._redact(str(exc))}")
+            )
         if isinstance(exc, openai.APIStatusError):
             response = exc.response
             return self._status_error(exc.status_code, response.headers, response.content)
@@ -561,6 +581,15 @@ class OpenAIBackend(BaseBackend):
 
     def _where(self) -> str:
         return self.base_url.split("//", 1)[-1]
+
+    def _unreachable(self, exc: APIConnectionError) -> APIConnectionError:
+        """The transport's connection error, with what to check."""
+        if isinstance(exc, StreamInterruptedError):
+            return exc
+        return APIConnectionError(
+            f"{self._redact(str(exc))}. Is a server running at {self.base_url}? The address "
+            f"comes from {self._base_url_source}; check it, and that the server is up."
+        )
 
     def _redact(self, text: str | bytes) -> str:
         if isinstance(text, bytes):

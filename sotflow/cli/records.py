@@ -1,11 +1,18 @@
 """Batch input and output: JSONL or text in, one JSONL record per item out.
 
-Input: JSONL objects with ``question`` (or ``prompt``) and an optional ``id`` (default:
-the line number), or a ``.txt`` file with one question a line; ``-`` reads stdin. A line
-that cannot be used becomes an error record naming its line; it is never dropped.
+Input: JSONL objects with ``question`` (or ``prompt``) and an optional ``id``, or a
+``.txt`` file with one question a line; ``-`` reads stdin. Every non-blank line gives
+exactly one item, whatever its bytes: a line that cannot be used (not UTF-8, not JSON,
+no question) becomes an error record naming its line; it is never dropped.
+
+Ids are strings throughout: the input's ``id`` as text (``7`` becomes ``"7"``), or the
+line number where the line gives none (``.txt`` input, a line without ``id``, a line
+that cannot be read). The same string names the record for ``--resume``.
 
 Output: one line per item, written whole and flushed as the item finishes. Fields the
 input carried that clash with an output field are kept under ``input_<name>``.
+``calls`` counts the model calls an answer made (a SoT answer: the skeleton and one per
+point), ``retries`` the extra attempts those calls needed after a failure.
 """
 
 from __future__ import annotations
@@ -25,16 +32,20 @@ __all__ = [
     "OUTPUT_FIELDS",
     "InputItem",
     "OutputWriter",
+    "ReaderGone",
     "answer_record",
+    "call_counts",
     "carry",
     "error_record",
+    "item_from_object",
+    "json_line",
     "read_items",
     "repair_and_load",
 ]
 
 OUTPUT_FIELDS = (
     "id", "question", "strategy", "answer", "points", "usage",
-    "latency_s", "attempts", "error", "warnings",
+    "latency_s", "calls", "retries", "error", "warnings",
 )  # fmt: skip
 
 
@@ -42,7 +53,9 @@ OUTPUT_FIELDS = (
 class InputItem:
     """One line of input: a question to answer, or a problem to report."""
 
-    id: Any
+    # Read from JSONL, always text; a Ray Data row keeps its column's value and type
+    # (None where the row has no id), so that answers join back on it.
+    id: str | int | float | None
     line: int
     question: str | None
     extra: dict[str, Any] = field(default_factory=dict)
@@ -50,24 +63,43 @@ class InputItem:
 
     @property
     def key(self) -> str:
-        return str(self.id)
+        return self.id if isinstance(self.id, str) else json.dumps(self.id)
 
 
-def _lines(path: str) -> tuple[list[str], bool]:
-    """The input's lines and whether it is JSONL."""
+def _source_name(path: str) -> str:
+    return "stdin" if path == "-" else path
+
+
+def _read_bytes(path: str) -> bytes:
     if path == "-":
-        # As for files (utf-8-sig below): a byte-order mark, as Windows tools write
-        # one, would otherwise hide the first line's "{" and turn JSONL into text.
-        text = sys.stdin.read().removeprefix("\ufeff")
-        first = next((line.strip() for line in text.splitlines() if line.strip()), "")
-        return text.splitlines(), first.startswith("{")
+        # Bytes, not text: a line that is not UTF-8 must become its own error record,
+        # not stop the decoding of everything after it.
+        return sys.stdin.buffer.read()
     file = Path(path)
     if not file.is_file():
         raise FileNotFoundError(f"input file {path!r} does not exist")
-    text = file.read_text(encoding="utf-8-sig")
-    if file.suffix.lower() == ".txt":
-        return text.splitlines(), False
-    return text.splitlines(), True
+    return file.read_bytes()
+
+
+def _is_jsonl(path: str, lines: list[bytes]) -> bool:
+    if path != "-":
+        return Path(path).suffix.lower() != ".txt"
+    # Stdin has no suffix: JSONL if its first non-blank line opens an object.
+    first = next((line.strip() for line in lines if line.strip()), b"")
+    return first.startswith(b"{")
+
+
+def _decode(raw: bytes, number: int) -> tuple[str, str | None]:
+    """A line's text and, when it is not UTF-8, the problem to report."""
+    try:
+        return raw.decode("utf-8"), None
+    except UnicodeDecodeError as exc:
+        bad = raw[exc.start : exc.start + 1].hex()
+        problem = (
+            f"line {number}: not valid UTF-8 (byte 0x{bad} at byte {exc.start + 1} of the "
+            "line); save the file as UTF-8 and run again (with --resume to keep the rest)"
+        )
+        return raw.decode("utf-8", "replace"), problem
 
 
 def _refuse_json_array(lines: list[str], path: str) -> None:
@@ -82,54 +114,104 @@ def _refuse_json_array(lines: list[str], path: str) -> None:
         return  # JSONL whose first line is bad: reported line by line
     if isinstance(data, list):
         raise ConfigurationError(
-            f"{'stdin' if path == '-' else path} holds one JSON array; sotflow reads JSONL, "
+            f"{_source_name(path)} holds one JSON array; sotflow reads JSONL, "
             "one object a line. Convert it, e.g. with: jq -c '.[]' FILE > FILE.jsonl"
         )
 
 
+def _id_text(value: Any) -> str | None:
+    """The input's id as the record's id, or None if it cannot name a record."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return json.dumps(value)  # 7 -> "7", 1.5 -> "1.5": as the input wrote it
+    return None
+
+
+def _json_item(text: str, number: int, problem: str | None) -> InputItem:
+    try:
+        data = json.loads(text)
+    except ValueError as exc:
+        return InputItem(
+            str(number), number, None, problem=problem or f"line {number}: not valid JSON ({exc})"
+        )
+    return item_from_object(data, number, problem=problem)
+
+
+def item_from_object(
+    data: Any, number: int, where: str | None = None, problem: str | None = None
+) -> InputItem:
+    """One parsed input object (a JSONL line, a Ray Data row) as an item to answer, or
+    as a problem to report; ``where`` names it in problems (default ``line <number>``);
+    ``problem``, one found before parsing (bytes that are not UTF-8), wins over any."""
+    where = where or f"line {number}"
+    line_id = str(number)
+    if not isinstance(data, dict):
+        return InputItem(
+            line_id, number, None, problem=problem or f"{where}: expected a JSON object"
+        )
+    data = dict(data)
+    if "id" in data:
+        item_id = _id_text(data.pop("id"))
+        if item_id is None:
+            return InputItem(
+                line_id,
+                number,
+                None,
+                data,
+                problem or f"{where}: 'id' must be a string or a number",
+            )
+    else:
+        item_id = line_id
+    if problem is not None:
+        # Still named by its own id where that could be read, so that the record of
+        # the fixed line replaces this one on --resume. Its question is unreadable.
+        data.pop("question", None)
+        data.pop("prompt", None)
+        return InputItem(item_id, number, None, data, problem)
+    question = data.pop("question", None)
+    if question is None:
+        question = data.pop("prompt", None)
+    if not isinstance(question, str) or not question.strip():
+        what = (
+            "has no 'question' (or 'prompt')"
+            if question is None
+            else "has an empty or non-text question"
+        )
+        return InputItem(item_id, number, None, data, f"{where}: {what}")
+    return InputItem(item_id, number, question, data)
+
+
 def read_items(path: str) -> list[InputItem]:
-    lines, jsonl = _lines(path)
+    """Every non-blank line of ``path`` (or stdin for ``-``) as one item, in order.
+
+    Raises ``ConfigurationError`` for input with no line to answer at all: an empty
+    file is a mistake to report, not a batch that succeeded.
+    """
+    data = _read_bytes(path).removeprefix(b"\xef\xbb\xbf")  # a BOM, as Windows tools write
+    # bytes.splitlines breaks at \n, \r\n and \r only; str.splitlines would also break
+    # inside a JSON string at U+2028 or a form feed.
+    raw_lines = data.splitlines()
+    jsonl = _is_jsonl(path, raw_lines)
+    decoded = [_decode(raw, number) for number, raw in enumerate(raw_lines, start=1)]
     if jsonl or path == "-":  # stdin has no suffix to say it is not JSON
-        _refuse_json_array(lines, path)
+        _refuse_json_array([text for text, _ in decoded], path)
     items: list[InputItem] = []
-    for number, raw in enumerate(lines, start=1):
-        if not raw.strip():
+    for number, (text, problem) in enumerate(decoded, start=1):
+        if not text.strip():
             continue
-        if not jsonl:
-            items.append(InputItem(number, number, raw.strip()))
-            continue
-        try:
-            data = json.loads(raw)
-        except ValueError as exc:
-            items.append(
-                InputItem(number, number, None, problem=f"line {number}: not valid JSON ({exc})")
-            )
-            continue
-        if not isinstance(data, dict):
-            items.append(
-                InputItem(number, number, None, problem=f"line {number}: expected a JSON object")
-            )
-            continue
-        item_id = data.pop("id", number)
-        if item_id is None or isinstance(item_id, dict | list):
-            items.append(
-                InputItem(
-                    number, number, None, data, f"line {number}: 'id' must be a string or a number"
-                )
-            )
-            continue
-        question = data.pop("question", None)
-        if question is None:
-            question = data.pop("prompt", None)
-        if not isinstance(question, str) or not question.strip():
-            what = (
-                "has no 'question' (or 'prompt')"
-                if question is None
-                else "has an empty or non-text question"
-            )
-            items.append(InputItem(item_id, number, None, data, f"line {number}: {what}"))
-            continue
-        items.append(InputItem(item_id, number, question, data))
+        if jsonl:
+            items.append(_json_item(text, number, problem))
+        elif problem is not None:
+            items.append(InputItem(str(number), number, None, problem=problem))
+        else:
+            items.append(InputItem(str(number), number, text.strip()))
+    if not items:
+        raise ConfigurationError(
+            f"{_source_name(path)} has no questions (it is empty or only blank lines); give "
+            'JSONL with one {"question": "..."} object a line, or a .txt file with one '
+            "question a line"
+        )
     return items
 
 
@@ -170,8 +252,18 @@ def strategy_used(answer: Answer) -> str:
     return embedded[-1] if embedded else answer.strategy
 
 
+def call_counts(answer: Answer) -> tuple[int, int]:
+    """(calls, retries): the model calls the answer sent, and the extra attempts they
+    needed after failures. A call that was never sent (cancelled first) is neither."""
+    if answer.trace is None:
+        return 0, 0
+    attempts = [node.attempts for node in answer.trace.calls if node.attempts > 0]
+    return len(attempts), sum(a - 1 for a in attempts)
+
+
 def answer_record(item: InputItem, answer: Answer) -> dict[str, Any]:
     points = None
+    calls, retries = call_counts(answer)
     if answer.points is not None:
         points = [{"title": p.title, "text": p.text} for p in answer.points]
     record = {
@@ -188,7 +280,8 @@ def answer_record(item: InputItem, answer: Answer) -> dict[str, Any]:
             "estimated": answer.usage.estimated,
         },
         "latency_s": round(answer.latency_s, 4),
-        "attempts": answer.attempts,
+        "calls": calls,
+        "retries": retries,
         "error": answer.error.model_dump() if answer.error else None,
         "warnings": answer.warnings,
     }
@@ -209,7 +302,8 @@ def error_record(item: InputItem, error_type: str, message: str) -> dict[str, An
             "estimated": False,
         },
         "latency_s": 0.0,
-        "attempts": 0,
+        "calls": 0,
+        "retries": 0,
         "error": {"type": error_type, "message": message},
         "warnings": [],
     }
@@ -261,6 +355,20 @@ def repair_and_load(path: Path) -> tuple[set[str], int, int]:
     return done, len(kept), dropped
 
 
+# Characters that JSON leaves raw inside strings but that str.splitlines (and
+# JavaScript) take for line breaks: escaped, so that a record is one line to any reader.
+_LINE_BREAKS = str.maketrans({"\u2028": "\\u2028", "\u2029": "\\u2029", "\x85": "\\u0085"})
+
+
+def json_line(record: dict[str, Any]) -> str:
+    """One record as one JSONL line (text kept readable: non-ASCII is not escaped)."""
+    return json.dumps(record, ensure_ascii=False).translate(_LINE_BREAKS) + "\n"
+
+
+class ReaderGone(BrokenPipeError):
+    """Whoever read the records from stdout went away (``sotflow batch ... | head``)."""
+
+
 class OutputWriter:
     """Writes one whole line per record and flushes it, so a crash loses no finished item."""
 
@@ -274,12 +382,35 @@ class OutputWriter:
             self._fh = open(target, "a" if append else "w", encoding="utf-8")  # noqa: SIM115
             self._owned = True
         self.written = 0
+        self.reader_gone = False
 
     def write(self, record: dict[str, Any]) -> None:
-        self._fh.write(json.dumps(record, ensure_ascii=False) + "\n")
-        self._fh.flush()
+        """Write one record; raises ``ReaderGone`` once stdout's reader has closed it
+        (and every later call does nothing: there is nobody left to write to)."""
+        if self.reader_gone:
+            return
+        try:
+            self._fh.write(json_line(record))
+            self._fh.flush()
+        except BrokenPipeError as exc:
+            if self._owned:
+                raise
+            self.reader_gone = True
+            silence_stdout()
+            raise ReaderGone(str(exc)) from exc
         self.written += 1
 
     def close(self) -> None:
         if self._owned:
             self._fh.close()
+
+
+def silence_stdout() -> None:
+    """Point stdout at /dev/null after its reader went away, so that the flush at exit
+    does not end in Python's "Exception ignored ... BrokenPipeError" notice."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):  # no real stdout (embedded, or replaced by a caller)
+        pass

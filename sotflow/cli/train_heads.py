@@ -38,19 +38,44 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--model", default="smollm2", help="alias, HF folder or .gguf")
     ap.add_argument("--questions", help="JSONL ('question' or 'prompt') or .txt, one a line")
     ap.add_argument("-o", "--output", required=True, help="the heads file to write")
-    ap.add_argument("--kind", choices=("medusa", "cerberus"), default="medusa")
+    ap.add_argument(
+        "--kind",
+        choices=("medusa", "cerberus"),
+        default="medusa",
+        help="medusa: independent heads; cerberus: each head also reads the one before "
+        "(default medusa)",
+    )
     ap.add_argument("--heads", type=positive_int, default=3, help="number of heads (default 3)")
     ap.add_argument("--corpus", help="JSONL corpus: read if it exists, else record and write")
     ap.add_argument("--limit", type=positive_int, help="use only the first N questions")
     ap.add_argument("--no-sot", action="store_true", help="direct answers only, no SoT prompts")
-    ap.add_argument("--direct-max-tokens", type=positive_int, default=320)
-    ap.add_argument("--epochs", type=positive_int, default=6)
-    ap.add_argument("--lr", type=positive_float, default=1e-3)
-    ap.add_argument("--batch-size", type=positive_int, default=512)
-    ap.add_argument("--max-vocab", type=positive_int, default=8192)
+    ap.add_argument(
+        "--direct-max-tokens",
+        type=positive_int,
+        default=320,
+        help="cap on each recorded direct answer's tokens (default 320)",
+    )
+    ap.add_argument(
+        "--epochs", type=positive_int, default=6, help="passes over the corpus (default 6)"
+    )
+    ap.add_argument("--lr", type=positive_float, default=1e-3, help="learning rate (default 0.001)")
+    ap.add_argument(
+        "--batch-size",
+        type=positive_int,
+        default=512,
+        help="training positions per optimiser step (default 512)",
+    )
+    ap.add_argument(
+        "--max-vocab",
+        type=positive_int,
+        default=8192,
+        help="the heads predict only the corpus's N most frequent tokens (default 8192)",
+    )
     ap.add_argument("--top-k", type=positive_int, default=4, help="children per tree node")
     ap.add_argument("--no-token", action="store_true", help="heads read the hidden state only")
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--seed", type=int, default=0, help="random seed of the split and training (default 0)"
+    )
     ap.add_argument("--report", help="also write the training report here (JSON)")
     ap.add_argument(
         "--runtime",
@@ -58,8 +83,12 @@ def build_parser() -> argparse.ArgumentParser:
         default="auto",
         help="the runtime whose hidden states the heads learn from (the one that will use them)",
     )
-    ap.add_argument("--device", default="auto")
-    ap.add_argument("--dtype", default=None)
+    ap.add_argument("--device", default="auto", help="cpu, cuda, ... (default auto)")
+    ap.add_argument(
+        "--dtype",
+        default=None,
+        help="float32, bfloat16, float16 (default: chosen for the device)",
+    )
     return ap
 
 

@@ -719,7 +719,7 @@ class BatchDecoder:
     # ----------------------------------------------------------------- decoding
     def _decode(self) -> list[SequenceUpdate]:
         start = time.perf_counter()
-        rows = self._rows
+        rows = list(self._rows)  # rows that finish leave self._rows during the step
         blocks = self._plan_blocks()
         tokens: list[int] = []
         positions: list[int] = []

@@ -30,7 +30,7 @@ from .base import LABELS
 from .embedding import EmbeddingRouter, EmbeddingWeights, MiniLMEncoder, require_torch
 from .evaluate import Labelled, read_labelled, score_decisions
 
-__all__ = ["DEFAULT_L2", "DEFAULT_MAX_ITER", "main", "train_embedding_router"]
+__all__ = ["DEFAULT_L2", "DEFAULT_MAX_ITER", "build_parser", "main", "train_embedding_router"]
 
 DEFAULT_L2 = 1e-4
 """Chosen by 5-fold cross-validation on train.jsonl (flat between 1e-5 and 3e-4)."""
@@ -135,7 +135,7 @@ def file_record(path: Path, rows: Sequence[Labelled]) -> dict[str, Any]:
     }
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m sotflow.routing.train",
         description="Train the embedding router's classifier from labelled JSONL files.",
@@ -161,12 +161,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=Path("embedding_router.json"),
         help="where to write the weights (default: ./embedding_router.json)",
     )
-    parser.add_argument("--l2", type=float, default=DEFAULT_L2)
-    parser.add_argument("--max-iter", type=int, default=DEFAULT_MAX_ITER)
+    parser.add_argument(
+        "--l2",
+        type=float,
+        default=DEFAULT_L2,
+        help=f"L2 penalty on the classifier's weights (default {DEFAULT_L2:g})",
+    )
+    parser.add_argument(
+        "--max-iter",
+        type=int,
+        default=DEFAULT_MAX_ITER,
+        help=f"optimiser iterations at most (default {DEFAULT_MAX_ITER})",
+    )
     parser.add_argument(
         "--no-balance", action="store_true", help="do not weigh classes by inverse frequency"
     )
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     try:
         train_files = [(p, read_labelled(p)) for p in args.train]
         eval_files = [(p, read_labelled(p)) for p in args.eval]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from datetime import datetime
+from functools import lru_cache
 from typing import Any, Protocol
 
 __all__ = ["Codec", "TextDecoder", "render_chat", "transcript"]
@@ -46,17 +47,9 @@ def transcript(messages: Sequence[Mapping[str, str]], prefill: str | None) -> st
     return text + "Assistant: " + (prefill or "")
 
 
-def render_chat(
-    template: str,
-    messages: Sequence[Mapping[str, str]],
-    prefill: str | None,
-    special: Mapping[str, Any],
-) -> str:
-    """Render a Jinja chat template the way chat templates expect to be rendered.
-
-    With ``prefill``, the conversation gets a final assistant message and the text is
-    cut right after it, so the model continues it instead of starting a new turn.
-    """
+@lru_cache(maxsize=8)
+def _compiled(template: str) -> Any:
+    """A chat template compiled once (compiling costs milliseconds, on every prompt)."""
     from jinja2 import TemplateError
     from jinja2.sandbox import ImmutableSandboxedEnvironment
 
@@ -72,7 +65,21 @@ def render_chat(
     )
     env.globals["raise_exception"] = raise_exception
     env.globals["strftime_now"] = strftime_now
-    compiled = env.from_string(template)
+    return env.from_string(template)
+
+
+def render_chat(
+    template: str,
+    messages: Sequence[Mapping[str, str]],
+    prefill: str | None,
+    special: Mapping[str, Any],
+) -> str:
+    """Render a Jinja chat template the way chat templates expect to be rendered.
+
+    With ``prefill``, the conversation gets a final assistant message and the text is
+    cut right after it, so the model continues it instead of starting a new turn.
+    """
+    compiled = _compiled(template)
     items = [dict(m) for m in messages]
     if prefill is None:
         return compiled.render(messages=items, add_generation_prompt=True, **special)

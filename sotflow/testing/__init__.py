@@ -19,7 +19,20 @@ from typing import Any
 
 from .server import Fault, ServerConfig
 
-__all__ = ["Fault", "LoopbackServer", "ServerConfig"]
+__all__ = ["Fault", "LoopbackServer", "ServerConfig", "peak_rss_mb"]
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory, in MiB (Linux: ``VmHWM``).
+
+    Not ``getrusage``'s ``ru_maxrss``: Linux carries that over ``exec``, so a child of a
+    big process (a test runner) would report its parent's size.
+    """
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    raise RuntimeError("no VmHWM in /proc/self/status (not Linux?)")
 
 
 class LoopbackServer:

@@ -82,12 +82,12 @@ QUESTIONS = ["Give me two tips for sleeping well.", "What is the capital of Fran
 def test_the_default_runtime_is_llama_cpp_and_loads_no_torch() -> None:
     # A fresh process: what a user's `sotflow ask` does, measured from outside.
     code = (
-        "import json, resource, sys, anyio, sotflow\n"
+        "import json, sys, anyio, sotflow, sotflow.testing\n"
         "b = sotflow.LocalBackend('smollm2')\n"
         "c = anyio.run(b.complete, sotflow.Request.of('Name a colour.', max_tokens=8))\n"
         "print(json.dumps({'runtime': b.stats['runtime'], 'text': c.text,\n"
         "  'torch': 'torch' in sys.modules, 'transformers': 'transformers' in sys.modules,\n"
-        "  'peak_mb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))\n"
+        "  'peak_mb': sotflow.testing.peak_rss_mb()}))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     seen = json.loads(out.stdout.strip().splitlines()[-1])

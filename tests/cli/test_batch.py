@@ -24,8 +24,8 @@ from .conftest import (
 
 DAG_QUESTION = "Compare renting and buying a home, then recommend one for a young family."
 OUTPUT_FIELDS = (
-    "id", "question", "strategy", "answer", "points", "usage", "latency_s", "attempts", "error",
-    "warnings",
+    "id", "question", "strategy", "answer", "points", "usage", "latency_s", "calls", "retries",
+    "error", "warnings",
 )  # fmt: skip
 
 
@@ -33,7 +33,7 @@ def check_answered(record: dict[str, Any]) -> None:
     """Every output field is there with the right type, for an answered item."""
     for name in OUTPUT_FIELDS:
         assert name in record, f"{name!r} missing from {record}"
-    assert isinstance(record["id"], str | int)
+    assert isinstance(record["id"], str)  # strings throughout, whatever the input gave
     assert isinstance(record["question"], str) and record["question"]
     assert record["strategy"] in ("sot", "sot-dag", "direct")
     assert isinstance(record["answer"], str) and record["answer"].strip()
@@ -45,7 +45,8 @@ def check_answered(record: dict[str, Any]) -> None:
     assert record["warnings"] == []
     assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
     assert isinstance(record["latency_s"], float) and record["latency_s"] > 0
-    assert isinstance(record["attempts"], int) and record["attempts"] >= 1
+    assert isinstance(record["calls"], int) and record["calls"] >= 1
+    assert record["retries"] == 0  # no faults here
     assert record["error"] is None
     if record["strategy"] == "direct":
         assert record["points"] is None
@@ -58,8 +59,8 @@ def check_answered(record: dict[str, Any]) -> None:
             assert isinstance(point["text"], str) and point["text"]
             # The assembled answer is made of the points, in order.
             assert point["text"] in record["answer"]
-        # One skeleton call plus one call per point, each answered first time here.
-        assert record["attempts"] == len(points) + 1
+        # One skeleton call plus one call per point.
+        assert record["calls"] == len(points) + 1
 
 
 def test_jsonl_happy_path_every_field_and_carried_fields(
@@ -75,7 +76,7 @@ def test_jsonl_happy_path_every_field_and_carried_fields(
     result = cli("batch", str(source), "-o", str(out), "--prefill", "--strategy", "sot")
     assert result.code == 0, result.stderr
     records = {r["id"]: r for r in read_records(out)}
-    assert set(records) == {"a", 7, 3}  # no id: the line number
+    assert set(records) == {"a", "7", "3"}  # a number as text; no id: the line number
     for record in records.values():
         check_answered(record)
         assert record["strategy"] == "sot"
@@ -83,9 +84,9 @@ def test_jsonl_happy_path_every_field_and_carried_fields(
     assert records["a"]["category"] == "advice"
     assert records["a"]["input_answer"] == "gold"
     assert records["a"]["answer"] != "gold"
-    assert records[7]["question"] == SOT_QUESTIONS[1]  # 'prompt' read as the question
-    assert records[7]["meta"] == {"source": "x", "n": [1, 2]}
-    assert records[3]["input_note"] == "kept as is"
+    assert records["7"]["question"] == SOT_QUESTIONS[1]  # 'prompt' read as the question
+    assert records["7"]["meta"] == {"source": "x", "n": [1, 2]}
+    assert records["3"]["input_note"] == "kept as is"
     assert loopback.stats()["completed"] == sum(len(r["points"]) + 1 for r in records.values())
 
 
@@ -99,9 +100,9 @@ def test_text_file_and_stdin(cli: Runner, tmp_path: Path) -> None:
     by_id = {r["id"]: r for r in read_records(out)}
     # Ids are line numbers; the blank line is skipped but still counted.
     assert {i: r["question"] for i, r in by_id.items()} == {
-        1: lines[0],
-        3: lines[2],
-        4: lines[3],
+        "1": lines[0],
+        "3": lines[2],
+        "4": lines[3],
     }
     for record in by_id.values():
         check_answered(record)
@@ -121,7 +122,7 @@ def test_text_file_and_stdin(cli: Runner, tmp_path: Path) -> None:
     result = cli("batch", "-", "-o", "-", "--prefill", "--quiet", stdin="\n".join(lines))
     assert result.code == 0, result.stderr
     records = [json.loads(line) for line in result.stdout.splitlines()]
-    assert sorted(r["id"] for r in records) == [1, 3, 4]
+    assert sorted(r["id"] for r in records) == ["1", "3", "4"]
 
 
 def test_stdin_with_a_byte_order_mark_and_crlf_is_still_jsonl(cli: Runner) -> None:
@@ -176,8 +177,8 @@ def test_ordered_keeps_input_order_unordered_writes_as_finished(
     result = cli("batch", str(source), "-o", str(out), "--prefill", "--strategy", "direct")
     assert result.code == 0, result.stderr
     ids = [r["id"] for r in read_records(out)]
-    assert sorted(ids) == list(range(1, 9))
-    assert ids[-1] == 1, "without --ordered, items are written as they finish"
+    assert sorted(ids, key=int) == [str(i) for i in range(1, 9)]
+    assert ids[-1] == "1", "without --ordered, items are written as they finish"
 
     loopback.inject(slow)
     out = tmp_path / "ordered.jsonl"
@@ -185,7 +186,7 @@ def test_ordered_keeps_input_order_unordered_writes_as_finished(
         "batch", str(source), "-o", str(out), "--prefill", "--strategy", "direct", "--ordered"
     )
     assert result.code == 0, result.stderr
-    assert [r["id"] for r in read_records(out)] == list(range(1, 9))
+    assert [r["id"] for r in read_records(out)] == [str(i) for i in range(1, 9)]
 
 
 @pytest.mark.parametrize("concurrency", [1, 3])
@@ -260,7 +261,7 @@ def test_ordered_buffer_is_bounded(
             assert loopback.stats()["requests"] <= 64
             time.sleep(0.02)
         assert running.wait(timeout=60) == 0, running.stderr
-    assert [r["id"] for r in read_records(out)] == list(range(1, 101))
+    assert [r["id"] for r in read_records(out)] == [str(i) for i in range(1, 101)]
 
 
 def test_max_tokens_caps_a_direct_answer(cli: Runner, tmp_path: Path) -> None:

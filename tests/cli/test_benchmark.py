@@ -31,6 +31,8 @@ def test_batch_benchmark_small_run(tmp_path: Path) -> None:
     assert data["server_requests"] == data["attempts"]
     assert data["server_faults"] > 0
     assert data["retries"] == data["server_faults"]
+    # Each record's `calls` is its skeleton and points, retries counted apart.
+    assert data["recorded_calls"] == data["calls"]
     assert data["server_peak_in_flight"] <= 24  # the call cap, across 16 questions' points
     assert data["critical_path_s"] > 0 and data["wall_s"] > data["busy_share_s"] > 0
     answers = (tmp_path / "files" / "answers.jsonl").read_text().splitlines()

@@ -6,6 +6,7 @@ import importlib.metadata
 import importlib.util
 import json
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -88,7 +89,7 @@ def test_route_a_question_and_a_file(cli: Runner, loopback: LoopbackServer, tmp_
     assert result.code == 1  # the bad line is reported, the rest decided
     assert result.stdout == ""
     rows = [json.loads(line) for line in out.read_text().splitlines()]
-    assert [r["id"] for r in rows] == ["x", 2, "y"]
+    assert [r["id"] for r in rows] == ["x", "2", "y"]
     assert [r.get("strategy") for r in rows] == ["direct", None, "sot"]
     assert rows[0]["label"] == "direct"  # carried
     # Input fields named like the router's own are kept beside them, as batch does.
@@ -163,28 +164,35 @@ def test_help(cli: Runner, command: str | None, options: list[str]) -> None:
         assert option in result.stdout
 
 
-HIDE_TORCH = """
+HIDE = """
 import sys
 
-class _HideTorch:
+class _Hide:
     def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] == "torch":
-            raise ModuleNotFoundError("No module named 'torch' (hidden by the test)", name=name)
+        if name.split(".")[0] in {hidden!r}:
+            raise ModuleNotFoundError(f"No module named {{name!r}} (hidden by the test)", name=name)
         return None
 
-sys.meta_path.insert(0, _HideTorch())
+sys.meta_path.insert(0, _Hide())
 """
+
+
+def env_without(tmp_path: Path, *modules: str) -> dict[str, str]:
+    """A CLI environment in which ``modules`` cannot be imported, as if not installed."""
+    hide = tmp_path / "hide"
+    hide.mkdir(exist_ok=True)
+    (hide / "sitecustomize.py").write_text(HIDE.format(hidden=modules))
+    env = clean_env()
+    env["PYTHONPATH"] = f"{env['PYTHONPATH']}{os.pathsep}{hide}"
+    return env
 
 
 def test_no_backend_configured_says_how_to_configure_one(
     cli: Runner, loopback: LoopbackServer, tmp_path: Path
 ) -> None:
-    # torch hidden, as on a machine with only the core installed: no API, no local model.
-    hide = tmp_path / "hide"
-    hide.mkdir()
-    (hide / "sitecustomize.py").write_text(HIDE_TORCH)
-    env = clean_env()
-    env["PYTHONPATH"] = f"{env['PYTHONPATH']}{os.pathsep}{hide}"
+    # torch and llama.cpp hidden, as on a machine with only the core installed: no API,
+    # no runtime for a local model.
+    env = env_without(tmp_path, "torch", "llama_cpp")
     source = write_jsonl(tmp_path / "in.jsonl", [{"question": SOT_QUESTIONS[0]}])
     for args in (["ask", "hello"], ["batch", str(source), "-o", str(tmp_path / "o.jsonl")]):
         result = cli(*args, env_override=env)
@@ -197,13 +205,22 @@ def test_no_backend_configured_says_how_to_configure_one(
 
 
 @pytest.mark.slow
-def test_with_no_api_configured_the_local_model_answers(cli: Runner) -> None:
+def test_with_no_api_configured_the_local_model_answers(cli: Runner, tmp_path: Path) -> None:
+    # Without torch: the bundled model runs on llama.cpp, and that is enough to pick it.
     result = cli(
         "ask", "Name a colour.", "--strategy", "direct", "--max-tokens", "8", "--json",
-        env_override=clean_env(),
+        env_override=env_without(tmp_path, "torch"),
     )  # fmt: skip
     assert result.code == 0, result.stderr
     assert "using the local model smollm2" in result.stderr
+    # Loading says what it does and how long it took, in sotflow's words only: the
+    # libraries' own bars ("Loading weights", GGUF de-quantizing) and logs stay hidden.
+    lines = result.stderr.splitlines()
+    assert "sotflow: loading the local model smollm2 ..." in lines
+    loaded = [line for line in lines if line.startswith("sotflow: loaded the local model")]
+    assert len(loaded) == 1 and re.search(r" in \d+\.\d s", loaded[0]), result.stderr
+    assert "decoding: " in loaded[0]
+    assert all(line.startswith("sotflow: ") for line in lines), result.stderr
     record = json.loads(result.stdout)
     assert record["error"] is None and record["answer"]
     assert 0 < record["usage"]["completion_tokens"] <= 8

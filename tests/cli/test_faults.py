@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -30,7 +31,7 @@ def batch_direct(cli: Runner, source: Path, out: Path, *extra: str) -> list[dict
     ],
     ids=["429", "500", "drop", "malformed"],
 )
-def test_retried_faults_succeed_and_record_attempts(
+def test_retried_faults_succeed_and_record_retries(
     cli: Runner, loopback: LoopbackServer, tmp_path: Path, fault: Fault
 ) -> None:
     source = write_jsonl(tmp_path / "in.jsonl", [{"question": q} for q in QUESTIONS])
@@ -40,8 +41,8 @@ def test_retried_faults_succeed_and_record_attempts(
     assert len(records) == 6
     assert all(r["error"] is None and r["answer"] for r in records.values())
     # Two failed attempts, then the third answered; nobody else was retried.
-    assert records[3]["attempts"] == 3
-    assert [r["attempts"] for i, r in records.items() if i != 3] == [1] * 5
+    assert (records["3"]["calls"], records["3"]["retries"]) == (1, 2)
+    assert [(r["calls"], r["retries"]) for i, r in records.items() if i != "3"] == [(1, 0)] * 5
     stats = loopback.stats()
     assert stats["faults"] == 2
     assert stats["requests"] == 6 + 2
@@ -55,9 +56,9 @@ def test_max_retries_is_honoured(cli: Runner, loopback: LoopbackServer, tmp_path
     result = cli(*args, "--max-retries", "1")
     assert result.code == 1, result.stderr
     by_id = {r["id"]: r for r in read_records(out)}
-    assert by_id[2]["error"]["type"] == "ServerError"
-    assert by_id[2]["attempts"] == 2  # the first try and one retry
-    assert by_id[1]["error"] is None
+    assert by_id["2"]["error"]["type"] == "ServerError"
+    assert (by_id["2"]["calls"], by_id["2"]["retries"]) == (1, 1)  # the try and one retry
+    assert by_id["1"]["error"] is None
     assert loopback.stats()["requests"] == 3
 
 
@@ -67,8 +68,8 @@ def test_attempt_timeout_is_retried(cli: Runner, loopback: LoopbackServer, tmp_p
     records = batch_direct(cli, source, tmp_path / "out.jsonl", "--timeout", "0.5")
     by_id = {r["id"]: r for r in records}
     assert all(r["error"] is None for r in records)
-    assert by_id[2]["attempts"] == 2
-    assert by_id[2]["latency_s"] >= 0.5
+    assert (by_id["2"]["calls"], by_id["2"]["retries"]) == (1, 1)
+    assert by_id["2"]["latency_s"] >= 0.5
 
 
 def test_retries_in_sot_are_counted_per_call(
@@ -82,8 +83,9 @@ def test_retries_in_sot_are_counted_per_call(
     assert result.code == 0, result.stderr
     (record,) = read_records(out)
     assert record["error"] is None and record["strategy"] == "sot"
-    # attempts counts every model call attempt: skeleton (3) + one per point.
-    assert record["attempts"] == 3 + len(record["points"])
+    # One call for the skeleton and one per point; the skeleton's two retries apart.
+    assert record["calls"] == 1 + len(record["points"])
+    assert record["retries"] == 2
 
 
 @pytest.mark.parametrize("strategy", ["direct", "sot"])
@@ -98,16 +100,17 @@ def test_non_retryable_400_fails_only_that_item(
     assert result.code == 1, result.stderr
     records = {r["id"]: r for r in read_records(out)}
     assert len(records) == 6
-    failed = records.pop(5)
+    failed = records.pop("5")
     assert failed["error"]["type"] == "BadRequestError"
     assert "400" in failed["error"]["message"]
-    assert failed["attempts"] == 1  # a 400 is not retried
+    assert (failed["calls"], failed["retries"]) == (1, 0)  # a 400 is not retried
     assert failed["answer"] is None and failed["points"] is None
     assert failed["question"] == QUESTIONS[4]
     assert failed["strategy"] == strategy
     assert all(r["error"] is None and r["answer"] for r in records.values())
     assert "5 answered, 1 failed" in result.stderr
-    assert loopback.stats()["requests"] == 1 + sum(r["attempts"] for r in records.values())
+    sent = sum(r["calls"] + r["retries"] for r in records.values())
+    assert loopback.stats()["requests"] == 1 + sent
 
 
 @pytest.fixture(scope="module")
@@ -143,3 +146,58 @@ def test_a_bad_api_key_stops_early_with_exit_2(
     assert 1 <= len(records) <= 4
     assert all(r["error"]["type"] == "AuthenticationError" for r in records)
     assert "--resume" in result.stderr
+
+
+def closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])  # closed on exit: nothing listens there
+
+
+def test_a_dead_endpoint_stops_the_batch_and_resume_finishes_it(
+    cli: Runner, loopback: LoopbackServer, tmp_path: Path
+) -> None:
+    rows = [{"id": f"q{i}", "question": f"Item {i}: what are the first things to check?"}
+            for i in range(40)]  # fmt: skip
+    source = write_jsonl(tmp_path / "in.jsonl", rows)
+    out = tmp_path / "out.jsonl"
+    dead = f"http://127.0.0.1:{closed_port()}/v1"
+    args = ["batch", str(source), "-o", str(out), "--prefill", "--concurrency", "4"]
+    env = clean_env(OPENAI_BASE_URL=dead, OPENAI_API_KEY="a-secret-key", SOTFLOW_MODEL="m")
+    result = cli(*args, env_override=env)
+    assert result.code == 2, result.stderr
+    assert "Traceback" not in result.stderr and "a-secret-key" not in result.stderr
+    assert "OPENAI_BASE_URL" in result.stderr and "--base-url" in result.stderr
+    assert dead in result.stderr
+    assert "--resume" in result.stderr
+    tried = read_records(out)
+    # It gave up on the questions in flight (4 at a time), not on all forty one by one.
+    assert 1 <= len(tried) <= 8
+    assert all(r["error"]["type"] in ("EndpointUnreachableError", "APIConnectionError")
+               for r in tried)  # fmt: skip
+    assert any(r["error"]["type"] == "EndpointUnreachableError" for r in tried)
+
+    # The same command against a live server: every question once, all answered.
+    live = clean_env(OPENAI_BASE_URL=loopback.base_url, OPENAI_API_KEY="k", SOTFLOW_MODEL="m")
+    result = cli(*args, "--resume", env_override=live)
+    assert result.code == 0, result.stderr
+    records = read_records(out)
+    assert sorted(r["id"] for r in records) == sorted(r["id"] for r in rows)
+    assert all(r["error"] is None for r in records)
+
+
+def test_a_dead_endpoint_with_retries_off_stops_after_a_few_questions(
+    cli: Runner, tmp_path: Path
+) -> None:
+    source = write_jsonl(tmp_path / "in.jsonl", [{"question": q} for q in QUESTIONS * 5])
+    out = tmp_path / "out.jsonl"
+    dead = f"http://127.0.0.1:{closed_port()}/v1"
+    result = cli(
+        "batch", str(source), "-o", str(out), "--prefill", "--strategy", "direct",
+        "--concurrency", "1", "--max-retries", "0",
+        env_override=clean_env(OPENAI_BASE_URL=dead, SOTFLOW_MODEL="m"),
+    )  # fmt: skip
+    assert result.code == 2, result.stderr
+    types = [r["error"]["type"] for r in read_records(out)]
+    # One question at a time, no retries: three refusals, then the fourth gives up.
+    assert types == ["APIConnectionError"] * 3 + ["EndpointUnreachableError"]

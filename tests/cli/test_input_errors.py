@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
 from pathlib import Path
+
+import pytest
 
 from sotflow.testing import LoopbackServer
 
-from .conftest import SOT_QUESTIONS, Runner, read_records, write_jsonl
+from .conftest import CLI, ROOT, SOT_QUESTIONS, Result, Runner, read_records, write_jsonl
 
 
 def test_bad_lines_become_error_records_naming_the_line(
@@ -34,16 +37,17 @@ def test_bad_lines_become_error_records_naming_the_line(
     assert len(records) == 8  # every non-blank line has its record
     errors = {r["id"]: r["error"] for r in records if r["error"]}
     assert {r["id"] for r in records if not r["error"]} == {"ok1", "ok2"}
-    # The line number is the id where the line had none to give, and is always named.
+    # The line number (as text, like every id) is the id where the line had none to
+    # give, and is always named.
     expected = {
-        2: "not valid JSON",
-        3: "expected a JSON object",
+        "2": "not valid JSON",
+        "3": "expected a JSON object",
         "noq": "has no 'question'",
         "empty": "empty or non-text",
-        6: "'id' must be",
+        "6": "'id' must be",
         "num": "empty or non-text",
     }
-    line_of = {2: 2, 3: 3, "noq": 4, "empty": 5, 6: 6, "num": 7}
+    line_of = {"2": 2, "3": 3, "noq": 4, "empty": 5, "6": 6, "num": 7}
     assert set(errors) == set(expected)
     for key, text in expected.items():
         assert errors[key]["type"] == "InputError"
@@ -51,7 +55,8 @@ def test_bad_lines_become_error_records_naming_the_line(
         assert text in errors[key]["message"]
     # Carried fields survive on an error record too.
     noq = next(r for r in records if r["id"] == "noq")
-    assert noq["category"] == "advice" and noq["answer"] is None and noq["attempts"] == 0
+    assert noq["category"] == "advice" and noq["answer"] is None
+    assert (noq["calls"], noq["retries"]) == (0, 0)
     assert "2 answered, 6 failed" in result.stderr
     assert loopback.stats()["requests"] == 2
 
@@ -105,7 +110,7 @@ def test_existing_output_needs_resume_or_overwrite(
     result = cli("batch", str(source), "-o", str(out), "--prefill", "--overwrite", "--quiet")
     assert result.code == 0, result.stderr
     (record,) = read_records(out)
-    assert record["id"] == 1 and record["error"] is None
+    assert record["id"] == "1" and record["error"] is None
 
 
 def test_a_json_array_file_is_refused_with_how_to_convert_it(
@@ -170,3 +175,95 @@ def test_usage_errors_exit_2(cli: Runner, loopback: LoopbackServer, tmp_path: Pa
     assert cli().code == 2  # no command at all
     assert loopback.stats()["requests"] == 0
     assert not out.exists()
+
+
+def run_bytes(env: dict[str, str], args: list[str], stdin: bytes | None = None) -> Result:
+    """The CLI with raw bytes on stdin (the runner's text mode would re-encode them)."""
+    done = subprocess.run(
+        [*CLI, *args], cwd=ROOT, env=env, input=stdin, capture_output=True, timeout=60
+    )
+    return Result(
+        done.returncode, done.stdout.decode("utf-8"), done.stderr.decode("utf-8", "replace")
+    )
+
+
+NOT_UTF8 = (
+    json.dumps({"id": "a", "question": SOT_QUESTIONS[0]}).encode() + b"\n"
+    + b'{"id": "b", "question": "caf\xe9 au lait: how is it made?", "topic": "food"}\n'
+    + b"\xff\xfe not even JSON\n"
+    + json.dumps({"id": "c", "question": SOT_QUESTIONS[1]}).encode() + b"\n"
+)  # fmt: skip
+
+
+def check_not_utf8_records(records: list[dict]) -> None:
+    by_id = {r["id"]: r for r in records}
+    assert set(by_id) == {"a", "b", "3", "c"}  # one record a line, the good ones answered
+    assert by_id["a"]["error"] is None and by_id["c"]["error"] is None
+    for key, line in (("b", 2), ("3", 3)):
+        error = by_id[key]["error"]
+        assert error["type"] == "InputError"
+        assert f"line {line}: not valid UTF-8" in error["message"]
+    assert "0xe9" in by_id["b"]["error"]["message"]
+    assert by_id["b"]["topic"] == "food"  # what could be read of the line is kept
+
+
+def test_a_line_that_is_not_utf8_is_an_error_record_in_a_file_and_on_stdin(
+    env: dict[str, str], loopback: LoopbackServer, tmp_path: Path
+) -> None:
+    source = tmp_path / "in.jsonl"
+    source.write_bytes(NOT_UTF8)
+    out = tmp_path / "out.jsonl"
+    result = run_bytes(env, ["batch", str(source), "-o", str(out), "--prefill", "--quiet"])
+    assert result.code == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    check_not_utf8_records(read_records(out))
+
+    result = run_bytes(env, ["batch", "-", "-o", "-", "--prefill", "--quiet"], stdin=NOT_UTF8)
+    assert result.code == 1, result.stderr
+    check_not_utf8_records([json.loads(line) for line in result.stdout.splitlines()])
+
+    # Plain text too: the bad line is named, the others are answered.
+    text = tmp_path / "in.txt"
+    text.write_bytes(SOT_QUESTIONS[2].encode() + b"\ncaf\xe9?\n" + SOT_QUESTIONS[3].encode())
+    result = run_bytes(env, ["batch", str(text), "-o", str(out), "--overwrite", "--quiet"])
+    assert result.code == 1, result.stderr
+    by_id = {r["id"]: r for r in read_records(out)}
+    assert [by_id[k]["error"] is None for k in ("1", "2", "3")] == [True, False, True]
+    assert "line 2: not valid UTF-8" in by_id["2"]["error"]["message"]
+
+
+def test_a_line_break_inside_a_json_string_is_not_a_line_break(
+    cli: Runner, loopback: LoopbackServer, tmp_path: Path
+) -> None:
+    # U+2028 and a form feed are line breaks to str.splitlines, not to JSONL.
+    rows = [{"id": "x", "question": SOT_QUESTIONS[0], "note": "a\u2028b\x0cc"}]
+    source = tmp_path / "in.jsonl"
+    source.write_text(json.dumps(rows[0], ensure_ascii=False) + "\n", encoding="utf-8")
+    out = tmp_path / "out.jsonl"
+    result = cli("batch", str(source), "-o", str(out), "--prefill", "--quiet")
+    assert result.code == 0, result.stderr
+    (record,) = read_records(out)
+    assert record["note"] == "a\u2028b\x0cc"
+
+
+@pytest.mark.parametrize(
+    ("name", "content"),
+    [("empty.jsonl", ""), ("blank.jsonl", "\n  \n\n"), ("empty.txt", ""), ("-", "")],
+)
+def test_an_input_without_questions_is_a_usage_error(
+    cli: Runner, loopback: LoopbackServer, tmp_path: Path, name: str, content: str
+) -> None:
+    out = tmp_path / "out.jsonl"
+    if name == "-":
+        result = cli("batch", "-", "-o", str(out), stdin=content)
+        named = "stdin"
+    else:
+        source = tmp_path / name
+        source.write_text(content, encoding="utf-8")
+        result = cli("batch", str(source), "-o", str(out))
+        named = name
+    assert result.code == 2, result.stderr
+    assert f"{named}" in result.stderr and "has no questions" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not out.exists()
+    assert loopback.stats()["requests"] == 0

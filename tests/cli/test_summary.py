@@ -27,7 +27,9 @@ def summary_numbers(stderr: str) -> dict[str, str]:
     found = {}
     patterns = {
         "counts": r"sotflow: (\d+) answered, (\d+) failed \(of (\d+)\) in [\d.]+ s",
-        "mix": r"strategies: (.+)",
+        "mix": r"answered by: (.+)",
+        "failures": r"failed with: (.+)",
+        "calls": r"model calls: ([\d,]+) \(([\d,]+) retries\)",
         "tokens": r"tokens: ([\d,]+) \(prompt ([\d,]+), completion ([\d,]+)\)",
         "latency": r"latency: p50 ([\d.]+) s, p95 ([\d.]+) s",
         "cost": r"cost: (.+)",
@@ -49,11 +51,15 @@ def test_summary_matches_the_records(
     records = read_records(out)
     found = summary_numbers(result.stderr)
     assert found["counts"] == ("5", "1", "6")
-    # The strategy that really ran, most used first: the failed item was routed to a
-    # direct answer, and is counted as such (not as "auto").
-    assert found["mix"] == ("sot 4, direct 2",)
+    # The strategy that really answered, most used first; the failed item is counted
+    # apart, by its error, not among the strategies.
+    assert found["mix"] == ("sot 4, direct 1",)
+    assert found["failures"] == ("BadRequestError 1",)
     failed = next(r for r in records if r["error"])
-    assert failed["strategy"] == "direct"
+    assert failed["strategy"] == "direct"  # its record still names what ran (not "auto")
+    calls = sum(r["calls"] for r in records)
+    retries = sum(r["retries"] for r in records)
+    assert found["calls"] == (f"{calls:,}", f"{retries:,}")
     prompt = sum(r["usage"]["prompt_tokens"] for r in records)
     completion = sum(r["usage"]["completion_tokens"] for r in records)
     assert found["tokens"] == (f"{prompt + completion:,}", f"{prompt:,}", f"{completion:,}")

@@ -41,6 +41,7 @@ set, and its last error lines are kept for the messages raised here.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import ctypes
 import hashlib
@@ -96,6 +97,13 @@ def llama_cpp_module() -> Any:
             f"the llama.cpp runtime needs llama-cpp-python, which is not installed "
             f"({exc}); install it with: {INSTALL_HINT}; or pass runtime='torch'"
         ) from exc
+    # llama-cpp-python opens /dev/null twice at import (for its high-level Llama class,
+    # unused here) and never closes it: Python warns about both files at exit.
+    for name in ("outnull_file", "errnull_file"):
+        handle = getattr(getattr(llama_cpp, "_utils", None), name, None)
+        if handle is not None and not getattr(handle, "_sotflow_closes", False):
+            handle._sotflow_closes = True
+            atexit.register(handle.close)
     return llama_cpp
 
 

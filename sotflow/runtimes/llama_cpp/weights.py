@@ -94,8 +94,8 @@ def read_tensor_directory(path: Path) -> dict[str, TensorEntry]:
 class GGUFTables:
     def __init__(self, path: Path) -> None:
         tensors = read_tensor_directory(path)
-        self._file = path.open("rb")
-        self._map = mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_READ)
+        with path.open("rb") as file:  # the mapping outlives the file object
+            self._map = mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ)
         self._embed = tensors["token_embd.weight"]
         # Tied models (SmolLM2) project with the embedding table itself.
         self._output = tensors.get("output.weight", self._embed)
