@@ -81,7 +81,10 @@ def test_summary_matches_the_records(
     prompt = sum(r["usage"]["prompt_tokens"] for r in records)
     completion = sum(r["usage"]["completion_tokens"] for r in records)
     cost = (prompt * 0.15 + completion * 0.60) / 1e6
-    (cost_line,) = summary_numbers(result.stderr)["cost"]
+    assert result.code == 0, result.stderr  # the fault was spent on the first run
+    match = re.search(r"cost: (.+)", result.stderr)
+    assert match is not None, result.stderr
+    cost_line = match.group(1)
     assert cost_line.startswith(f"${cost:,.4f} (gpt-4o-mini at $0.15 / $0.6 per million")
     half = cli("batch", str(source), "-o", str(out), "--overwrite", "--price-in", "1")
     assert half.code == 2 and "--price-out" in half.stderr
