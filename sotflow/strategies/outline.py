@@ -186,7 +186,7 @@ def parse_outline(text: str, *, max_points: int = 10, dependencies: bool = False
     renumber: dict[int, int] = {}
     titles: list[str] = []
     marks: list[list[int]] = []
-    for number, line in raw:
+    for position, (number, line) in enumerate(raw):
         refs: list[int] = []
         if dependencies:
             for match in _NEEDS.finditer(line):
@@ -200,6 +200,11 @@ def parse_outline(text: str, *, max_points: int = 10, dependencies: bool = False
         if earlier is not None:
             # Small models repeat themselves; a repeated point would be written twice.
             warnings.append(f"dropped point {number}: it repeats {earlier!r}")
+            continue
+        folded = title.casefold().rstrip(" .,;:-")
+        if position == len(raw) - 1 and any(t.casefold().startswith(folded) for t in titles):
+            # The reply ran out of tokens partway through repeating an earlier point.
+            warnings.append(f"dropped point {number}: a cut-off repeat of an earlier point")
             continue
         renumber[number] = len(titles) + 1
         titles.append(title)

@@ -9,7 +9,9 @@ Two files live beside this script:
   at several temperatures. Every row names its ``source`` (the runtime or server that
   wrote it) and carries ``points``: the number of points a reader finds in it, labelled
   by hand. New rows are appended with ``points: null``; label them before committing
-  (the tests only replay labelled rows).
+  (the tests only replay labelled rows). A point counts once however often it is
+  repeated, and a last line cut off by the token limit partway through repeating an
+  earlier point is not a point.
 
     # the local backend: its default runtime (llama.cpp), or another through --backend-arg
     python tests/data/make_smollm2_skeletons.py --source llama.cpp

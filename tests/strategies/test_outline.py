@@ -217,7 +217,7 @@ def _pipeline_text(row: dict[str, object]) -> str:
 def test_the_collected_skeletons_cover_both_runtimes_and_temperatures() -> None:
     labelled = [r for r in ROWS if r["points"] is not None]
     assert len(labelled) >= 40
-    assert {r["source"] for r in labelled} >= {"torch", "llama-cpp-python-server"}
+    assert {r["source"] for r in labelled} >= {"torch", "llama.cpp", "llama-cpp-python-server"}
     assert {r["temperature"] for r in labelled} >= {0.0, 0.8}
 
 
@@ -233,3 +233,11 @@ def test_at_least_95_percent_of_real_skeletons_parse_to_the_labelled_count() -> 
             assert point.title and "\n" not in point.title and len(point.title) <= 120
             assert not re.match(r"\d+[.)]", point.title), point
     assert len(wrong) <= 0.05 * len(labelled), wrong
+
+
+def test_a_last_line_cut_off_while_repeating_an_earlier_point_is_dropped() -> None:
+    text = "1. Sleep well\n2. Eat well\n3. Sleep we"
+    assert titles(text) == ["Sleep well", "Eat well"]
+    # A cut-off line that starts a new point is kept, and so is a prefix before the end.
+    assert titles("1. Sleep well\n2. Eat well\n3. Exerc") == ["Sleep well", "Eat well", "Exerc"]
+    assert titles("1. Sleep\n2. Sleep well\n3. Eat well") == ["Sleep", "Sleep well", "Eat well"]
