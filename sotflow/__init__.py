@@ -7,7 +7,7 @@ concurrent model calls.
 ...     answer = await engine.run(sotflow.Direct(), "How do I sleep better?")
 """
 
-from .backends.base import Backend, Capabilities, ModelView
+from .backends.base import Backend, Capabilities, ModelView, ServerProfile
 from .backends.local import LocalBackend
 from .backends.openai import OpenAIBackend
 from .backends.scripted import Fail, Reply, ScriptedBackend
@@ -156,6 +156,7 @@ __all__ = [
     "ScriptedBackend",
     "SelfConsistency",
     "ServerError",
+    "ServerProfile",
     "SkeletonOfThought",
     "SotflowError",
     "Step",

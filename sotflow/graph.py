@@ -56,12 +56,28 @@ class Part:
     When a run is streamed, the answer is released in key order: the first part
     streams live, later parts are held back until everything before them is out.
     ``prefix`` and ``suffix`` surround the call's text exactly as the strategy
-    assembles it, so the streamed pieces add up to ``answer.text``.
+    assembles it, so the streamed pieces add up to ``answer.text``. With ``lead`` set,
+    the call's leading whitespace (a model's stray line break after a prefill) is
+    replaced by ``lead``: ``part_text`` is the one rule both sides apply.
     """
 
     key: PartKey
     prefix: str = ""
     suffix: str = ""
+    lead: str | None = None
+
+    def text(self, text: str) -> str:
+        """The call's text as it appears in the answer (``lead`` applied)."""
+        return part_text(text, self.lead)
+
+
+def part_text(text: str, lead: str | None) -> str:
+    """``text`` with its leading whitespace replaced by ``lead`` (if ``lead`` is set);
+    text that is only whitespace becomes empty."""
+    if lead is None:
+        return text
+    rest = text.lstrip()
+    return lead + rest if rest else ""
 
 
 class NodeContext(Protocol):

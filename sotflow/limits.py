@@ -141,9 +141,20 @@ class _PriorityGate:
     """
 
     def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
         self.free = capacity
         self.waiters: list[_Waiter] = []
         self.sequence = itertools.count()
+
+    def resize(self, capacity: int) -> None:
+        """A new capacity; slots held beyond it are not revoked, just not handed on."""
+        self.free += capacity - self.capacity
+        self.capacity = capacity
+        while self.free > 0 and self.waiters:
+            self.free -= 1
+            waiter = heapq.heappop(self.waiters)
+            waiter.granted = True
+            waiter.event.set()
 
     async def acquire(self, priority: float) -> None:
         if self.free > 0 and not self.waiters:
@@ -162,6 +173,9 @@ class _PriorityGate:
             raise
 
     def release(self) -> None:
+        if self.free < 0:
+            self.free += 1  # over a lowered capacity: this slot is retired, not handed on
+            return
         if self.waiters:
             waiter = heapq.heappop(self.waiters)
             waiter.granted = True
@@ -283,6 +297,27 @@ class Limiter:
         self.in_flight = 0
         self.peak_in_flight = 0
 
+    def narrow(self, max_concurrency: int) -> None:
+        """Lower the in-flight cap from now on (never raises it).
+
+        For a server found to run one call at a time: calls queue here, outside their
+        per-attempt timeout, instead of queueing at the server inside it.
+        """
+        if max_concurrency < 1:
+            raise ConfigurationError(f"max_concurrency must be at least 1, got {max_concurrency}")
+        if self.max_concurrency is not None and self.max_concurrency <= max_concurrency:
+            return
+        self.max_concurrency = max_concurrency
+        state = self._state
+        if state is None:
+            return
+        if state.gate is None:
+            # The calls in flight took no slot from it; each gives one back as it ends.
+            state.gate = _PriorityGate(max_concurrency)
+            state.gate.free -= self.in_flight
+        else:
+            state.gate.resize(max_concurrency)
+
     def _loop_state(self) -> _LoopState:
         token = anyio.lowlevel.current_token()
         state = self._state
@@ -345,5 +380,7 @@ class Limiter:
             finally:
                 self.in_flight -= 1
         finally:
-            if gate is not None:
-                gate.release()
+            # A gate made (by ``narrow``) while this call ran counted it as holding a slot.
+            current = gate if gate is not None else state.gate
+            if current is not None:
+                current.release()

@@ -13,6 +13,7 @@ Server side and both: ``message_to_wire`` / ``message_from_wire``, ``choice_to_w
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -23,6 +24,7 @@ __all__ = [
     "StreamAssembler",
     "choice_to_wire",
     "completion_from_wire",
+    "cut_prefill_echo",
     "estimate_usage",
     "message_from_wire",
     "message_to_wire",
@@ -199,13 +201,48 @@ def request_body(
     return body
 
 
+_SEPARATORS = " \t-:–—."
+
+
+def cut_prefill_echo(text: str, prefill: str, *, final: bool = True) -> str | None:
+    """What follows the prefill in a reply that was asked to start with it.
+
+    A server that cannot continue a prefilled message was asked, in words, to begin
+    with ``prefill``. Models do, but loosely: ``1. Set goals -`` comes back as
+    ``1. Set goals - ...``, ``1. Set goals\n...``, ``Set goals: ...`` or ``set goals``.
+    Every such echo (its list number optional, case and spacing free, its trailing
+    punctuation optional) is cut with the separator after it; a reply that does not
+    start with it is returned whole. ``None`` (only when not ``final``) means "too
+    little text yet to tell".
+    """
+    candidate = text.lstrip()
+    head = re.match(r"(\d+)[.)]\s*", prefill)
+    title = prefill[head.end() :] if head else prefill
+    core = title.rstrip(_SEPARATORS)
+    if not core:
+        # A bare list number ("1."): exactly it, what follows untouched.
+        if len(candidate) < len(prefill) and prefill.startswith(candidate) and not final:
+            return None
+        return candidate[len(prefill) :] if candidate.startswith(prefill) else text
+    number = rf"(?:{head.group(1)}[.)]\s*)?" if head else ""
+    words = r"\s+".join(re.escape(w) for w in core.split())
+    bold = r"(?:\*\*)?"
+    pattern = re.compile(
+        rf"{bold}{number}{bold}{words}{bold}[ \t]*(?:[-:–—.][ \t]*)?", re.IGNORECASE
+    )
+    if not final and len(candidate) < len(prefill) + 2:
+        return None  # a separator (or a newline) may still come
+    match = pattern.match(candidate)
+    if match is None:
+        return text
+    return candidate[match.end() :]
+
+
 def strip_prefill(text: str, request: Request, *, asked_in_words: bool) -> str:
     """Without real prefill we asked the model to start with it; keep only what follows."""
     prefill = request.prefill
     if prefill and asked_in_words:
-        stripped = text.lstrip()
-        if stripped.startswith(prefill):
-            return stripped[len(prefill) :]
+        return cut_prefill_echo(text, prefill) or ""
     return text
 
 
@@ -230,14 +267,25 @@ def usage_to_wire(usage: Usage) -> dict[str, int]:
     }
 
 
-def estimate_usage(request: Request, choices: Sequence[Choice]) -> Usage:
-    """Roughly 4 characters a token, as a stand-in when the server reports no usage."""
+def estimate_usage(
+    request: Request, choices: Sequence[Choice], chunks: Mapping[int, int] | None = None
+) -> Usage:
+    """A stand-in, marked ``estimated``, when the server reports no usage.
+
+    Roughly 4 characters a token; a streamed choice is at least as many tokens as it
+    came in chunks (``chunks``: servers send about one token a chunk), and a choice cut
+    by the length limit is exactly ``max_tokens``.
+    """
     prompt = sum(len(m.content) for m in request.messages) // 4 + 4 * len(request.messages)
+    limit = request.params.max_tokens
     completion = 0
     for c in choices:
         written = len(c.text) + sum(len(t.name) + len(t.arguments) for t in c.tool_calls)
-        if written:
-            completion += max(1, written // 4)
+        count = max(1, written // 4) if written else 0
+        count = max(count, (chunks or {}).get(c.index, 0))
+        if limit is not None:
+            count = limit if c.finish_reason == "length" else min(count, limit)
+        completion += count
     return Usage.of(prompt, completion, estimated=True)
 
 
@@ -322,6 +370,8 @@ class StreamAssembler:
         self.held: dict[int, str] = {}
         self.decided: set[int] = set()
         self.released: list[Delta] = []
+        self.chunks: dict[int, int] = {}
+        """Content chunks per choice: a floor for an estimated token count."""
 
     def add(self, chunk: dict[str, Any]) -> list[Delta]:
         if not self.model and chunk.get("model"):
@@ -342,6 +392,8 @@ class StreamAssembler:
                 if tokens:
                     self.logprobs.setdefault(index, []).extend(tokens)
                 text = delta.get("content")
+                if text:
+                    self.chunks[index] = self.chunks.get(index, 0) + 1
                 if text and self.strip and index not in self.decided:
                     text = self._cut_prefill(index, text)
                 if text:
@@ -368,14 +420,13 @@ class StreamAssembler:
             call.arguments.append(str(function["arguments"]))
 
     def _cut_prefill(self, index: int, text: str) -> str:
-        prefill = self.request.prefill or ""
         seen = self.held.pop(index, "") + text
-        candidate = seen.lstrip()
-        if len(candidate) < len(prefill) and prefill.startswith(candidate):
+        cut = cut_prefill_echo(seen, self.request.prefill or "", final=False)
+        if cut is None:
             self.held[index] = seen
             return ""
         self.decided.add(index)
-        return candidate[len(prefill) :] if candidate.startswith(prefill) else seen
+        return cut
 
     def _tool_calls(self, index: int) -> tuple[ToolCall, ...]:
         calls = self.calls.get(index)
@@ -393,12 +444,15 @@ class StreamAssembler:
     def completion(self) -> Completion:
         if not self.reasons:
             raise StreamInterruptedError(
-                f"the stream from {self.where} stopped before any choice finished"
+                f"the stream from {self.where} stopped before any choice finished "
+                "(some servers end a running stream when another request arrives)"
             )
         for index, held in self.held.items():
-            # The whole reply was a prefix of the prefill, so it is the reply.
-            self.texts.setdefault(index, []).append(held)
-            self.released.append(Delta(held, index))
+            # The reply ended while it could still have been the prefill: decide now.
+            rest = cut_prefill_echo(held, self.request.prefill or "")
+            if rest:
+                self.texts.setdefault(index, []).append(rest)
+                self.released.append(Delta(rest, index))
         self.held.clear()
         indices = sorted(set(self.texts) | set(self.reasons) | set(self.calls))
         choices = tuple(
@@ -411,5 +465,5 @@ class StreamAssembler:
             )
             for index in indices
         )
-        usage = self.usage or estimate_usage(self.request, choices)
+        usage = self.usage or estimate_usage(self.request, choices, self.chunks)
         return Completion(choices, usage, self.model or self.default_model)

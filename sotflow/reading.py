@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from .events import AnswerDelta, AnswerReset, Event
-from .graph import PartKey
+from .graph import PartKey, part_text
 
 __all__ = ["AnswerReader", "AppendOnlyText", "EventSink"]
 
@@ -32,13 +32,21 @@ class AnswerReader:
         self.done: set[str] = set()
         self.prefix: dict[str, str] = {}
         self.suffix: dict[str, str] = {}
+        self.lead: dict[str, str] = {}
+        self.leading: set[str] = set()  # parts whose first words have not come yet
         self.live: str | None = None
         self.live_chars = 0
         self.any_parts = False
 
-    def add(self, node_id: str, key: PartKey, prefix: str, suffix: str) -> None:
-        """A new part: ``node_id``'s text, between ``prefix`` and ``suffix``, at ``key``."""
+    def add(
+        self, node_id: str, key: PartKey, prefix: str, suffix: str, lead: str | None = None
+    ) -> None:
+        """A new part: ``node_id``'s text, between ``prefix`` and ``suffix``, at ``key``
+        (its leading whitespace replaced by ``lead`` when that is set)."""
         self.any_parts = True
+        if lead is not None:
+            self.lead[node_id] = lead
+            self.leading.add(node_id)
         position = len(self.order)
         while position > 0 and self.order[position - 1][0] > key:
             position -= 1
@@ -88,6 +96,11 @@ class AnswerReader:
             self.live = nid
 
     def delta(self, nid: str, text: str) -> None:
+        if nid in self.leading:
+            text = part_text(text, self.lead[nid])
+            if not text:
+                return  # whitespace before the first words: replaced by the lead
+            self.leading.discard(nid)
         if nid in self.buffers:
             # Kept even while live: a part added later with a smaller key sends it again.
             self.buffers[nid].append(text)
@@ -102,6 +115,8 @@ class AnswerReader:
             self.live_chars = 0
         if nid in self.buffers:
             self.buffers[nid].clear()
+        if nid in self.lead:
+            self.leading.add(nid)
 
     def finish(self, nid: str, ok: bool) -> None:
         if nid not in self.buffers:

@@ -94,6 +94,8 @@ class _NodeState:
     end: float | None = None
     attempts: int = 0
     usage: Usage | None = None
+    received: int = 0
+    """Characters of text the current attempt has streamed so far."""
     backend: Backend | None = None
     meta: dict[str, Any] = field(default_factory=dict)
 
@@ -241,8 +243,8 @@ class Run:
             self.states[state.full_id] = state
             new.append(state)
             if isinstance(node, Call) and part_key is not None and self.reader is not None:
-                assert node.part is not None
-                self.reader.add(state.full_id, part_key, node.part.prefix, node.part.suffix)
+                assert part is not None
+                self.reader.add(state.full_id, part_key, part.prefix, part.suffix, part.lead)
         for state in new:
             for need in state.needs:
                 self.dependents.setdefault(need, []).append(state)
@@ -402,6 +404,9 @@ class Run:
         self.engine._used_backends[id(backend)] = backend
         state.backend = backend
         request = node.request if isinstance(node.request, Request) else node.request(ctx)
+        if inspect.isawaitable(request):
+            # A builder may first ask the backend something (e.g. its server's profile).
+            request = await request
         estimate = backend.estimate_tokens(request)
         stream = self.sink is not None
         policy = self.engine.retry
@@ -416,12 +421,29 @@ class Run:
             completion = await self.retry_call(
                 state, backend, request, estimate, stream, first, record
             )
-        state.usage = completion.usage
-        self.usage = self.usage + completion.usage
-        self.budget.used += completion.usage.total_tokens
+        self.charge(state, completion.usage)
         if node.then is None:
             return completion
         return node.then(completion, ctx)
+
+    def charge(self, state: _NodeState, usage: Usage) -> None:
+        """Count ``usage`` for the node, the run and its budget (attempts add up)."""
+        state.usage = usage if state.usage is None else state.usage + usage
+        self.usage = self.usage + usage
+        self.budget.used += usage.total_tokens
+
+    def charge_partial(self, state: _NodeState, prompt_tokens: int) -> int:
+        """Charge an attempt that streamed text and then failed or was cancelled.
+
+        Providers bill the tokens they sent before the stream ended; none are reported,
+        so they are estimated (about 4 characters a token) and marked so.
+        """
+        if not state.received:
+            return 0
+        usage = Usage.of(prompt_tokens, max(1, state.received // 4), estimated=True)
+        state.received = 0
+        self.charge(state, usage)
+        return usage.total_tokens
 
     async def retry_call(
         self,
@@ -492,7 +514,7 @@ class Run:
                     else:
                         completion = await backend.complete(request)
             except TimeoutError as exc:
-                ticket.settle(prompt_only)
+                ticket.settle(self.charge_partial(state, prompt_only) or prompt_only)
                 if isinstance(exc, BackendError):
                     raise
                 raise APITimeoutError(
@@ -501,12 +523,13 @@ class Run:
                     "is slow."
                 ) from exc
             except BaseException as exc:
-                ticket.settle(prompt_only)
+                ticket.settle(self.charge_partial(state, prompt_only) or prompt_only)
                 if breaker is not None:
                     given_up = self.observe(breaker, exc, state, record)
                     if given_up is not None:
                         raise given_up from exc
                 raise
+            state.received = 0
             ticket.settle(completion.usage.total_tokens)
             if breaker is not None:
                 breaker.answered(record)
@@ -538,6 +561,7 @@ class Run:
                     if type(item) is Delta:
                         if item.text:
                             streamed = True
+                            state.received += len(item.text)
                             sink(TextDelta(run_id, node_id, item.text, item.index, item.logprobs))
                             if reader is not None and item.index == 0:
                                 reader.delta(node_id, item.text)

@@ -526,3 +526,8 @@ class Answer(BaseModel):
     @property
     def attempts(self) -> int:
         return self.trace.attempts if self.trace else 0
+
+    @property
+    def warnings(self) -> list[str]:
+        """What went wrong without failing the answer (a point left out, a slow server)."""
+        return list(self.trace.warnings) if self.trace else []

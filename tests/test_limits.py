@@ -465,3 +465,36 @@ async def test_a_fair_limiter_takes_turns_for_the_rate_windows_too() -> None:
     # waits for the window; the single call is next but one (its turn after a batch's).
     assert (await order(Limiter(None, rpm=1, window_s=0.05, fair=True))).index("single") == 3
     assert (await order(Limiter(None, rpm=1, window_s=0.05))).index("single") == 6
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("start", [8, None], ids=["capped", "uncapped"])
+async def test_narrowing_the_cap_mid_flight_lets_no_new_call_past_it(start: int | None) -> None:
+    # A server found to run one call at a time: the calls already sent finish, and no
+    # new one starts until the count is under the new cap.
+    limiter = Limiter(max_concurrency=start)
+    started: list[int] = []  # in-flight count seen by each call as it starts
+    release = anyio.Event()
+
+    async def one() -> None:
+        async with limiter.slot():
+            started.append(limiter.in_flight)
+            await (release.wait() if len(started) <= 4 else anyio.sleep(0.001))
+
+    async with anyio.create_task_group() as tg:
+        for _ in range(4):
+            tg.start_soon(one)
+        while limiter.in_flight < 4:  # noqa: ASYNC110
+            await anyio.sleep(0.001)
+        limiter.narrow(1)
+        for _ in range(6):
+            tg.start_soon(one)
+        await anyio.sleep(0.02)
+        assert len(started) == 4  # nothing new while four are out
+        release.set()
+    assert started[4:] == [1] * 6
+    assert limiter.max_concurrency == 1
+    limiter.narrow(5)  # never widens
+    assert limiter.max_concurrency == 1
+    with pytest.raises(ConfigurationError):
+        limiter.narrow(0)

@@ -120,6 +120,9 @@ def test_a_bare_model_is_passed_through_unchanged(
 def test_sot_streams_its_answer_in_reading_order_with_usage_of_every_call(
     oa: openai.OpenAI, upstream: LoopbackServer
 ) -> None:
+    # Whole first: it also lets the proxy's backend measure the upstream (a few probe
+    # calls, once), which the streamed answer's count of calls must not include.
+    whole = oa.chat.completions.create(model="sot/loopback", messages=QUESTION)
     before = upstream.stats()["requests"]
     raw = oa.chat.completions.with_raw_response.create(
         model="sot/loopback",
@@ -140,7 +143,6 @@ def test_sot_streams_its_answer_in_reading_order_with_usage_of_every_call(
     assert usage is not None and not chunks[-1].choices
     assert chunks[-1].model_extra and chunks[-1].model_extra["sotflow"]["calls"] == calls
     # The sum over the calls: more than one point's expansion could have written.
-    whole = oa.chat.completions.create(model="sot/loopback", messages=QUESTION)
     assert whole.choices[0].message.content == text
     assert whole.usage is not None and usage.completion_tokens == whole.usage.completion_tokens
     assert usage.prompt_tokens > calls  # every call's prompt counted

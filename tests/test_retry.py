@@ -146,13 +146,28 @@ def test_wait_honours_retry_after_and_caps_it() -> None:
 
 
 def test_wait_backs_off_exponentially_with_bounded_jitter() -> None:
-    policy = RetryPolicy(initial_wait_s=0.1, max_wait_s=1.0, exp_base=2.0, jitter_s=0.05)
+    policy = RetryPolicy(
+        initial_wait_s=0.1, max_wait_s=1.0, exp_base=2.0, jitter_s=0.05, spread=0.0
+    )
     exc = ServerError("m", status_code=500)
     for attempt, base in [(1, 0.1), (2, 0.2), (3, 0.4), (4, 0.8), (5, 1.0), (9, 1.0)]:
         waits = [_wait_for(policy, exc, attempt) for _ in range(50)]
         assert all(base <= w <= min(base + 0.05, 1.0) + 1e-9 for w in waits), (attempt, waits)
     jittery = {_wait_for(policy, exc, 1) for _ in range(20)}
     assert len(jittery) > 1, "jitter should vary the wait"
+
+
+def test_the_jitter_grows_with_the_wait_so_siblings_do_not_retry_in_lockstep() -> None:
+    # Calls that failed together (a server cutting off every running stream at once)
+    # must come back spread over a window as wide as the backoff, not within jitter_s.
+    policy = RetryPolicy(initial_wait_s=0.5, max_wait_s=60, jitter_s=0.0, spread=1.0)
+    exc = ServerError("m", status_code=500)
+    for attempt, base in [(1, 0.5), (3, 2.0)]:
+        waits = [_wait_for(policy, exc, attempt) for _ in range(200)]
+        assert all(base <= w <= 2 * base + 1e-9 for w in waits), (attempt, waits)
+        assert max(waits) - min(waits) > 0.8 * base, (attempt, waits)
+    with pytest.raises(ConfigurationError, match="spread"):
+        RetryPolicy(spread=-1)
 
 
 def test_policy_validation() -> None:
@@ -201,7 +216,7 @@ async def test_engine_caps_the_servers_wait() -> None:
 async def test_engine_backs_off_without_headers() -> None:
     fail = ServerError("down", status_code=500)
     backend = ScriptedBackend([fail, fail, fail, "done"])
-    policy = RetryPolicy(initial_wait_s=0.05, max_wait_s=1, jitter_s=0)
+    policy = RetryPolicy(initial_wait_s=0.05, max_wait_s=1, jitter_s=0, spread=0)
     text, events, elapsed = await _run(backend, policy)
     assert text == "done"
     retries = [e for e in events if isinstance(e, Retrying)]

@@ -3,6 +3,11 @@
 A backend only transports. It never retries, sleeps for rate limits or counts a budget:
 the engine does all of that, through the ``limiter`` the backend carries so that every
 caller of the same backend shares one set of limits.
+
+What the server behind a backend really does (does it run calls side by side, continue
+a prefill, honour ``n``, report streamed usage) is its ``ServerProfile``, got once with
+``await backend.profile()``: a backend that knows it (a model in this process) returns
+it; one that does not (an HTTP server) measures it the first time it is asked.
 """
 
 from __future__ import annotations
@@ -10,17 +15,20 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 
 from ..errors import ConfigurationError
 from ..limits import Limiter
 from ..types import Completion, Delta, Request
 
 __all__ = [
+    "PARALLEL_CALLS",
+    "SERIAL_GAIN",
     "Backend",
     "BaseBackend",
     "Capabilities",
     "ModelView",
+    "ServerProfile",
     "StreamItem",
     "check_backend",
     "check_text_request",
@@ -48,6 +56,96 @@ class Capabilities:
     response formats, tool-call histories, extra API fields) instead of refusing it."""
 
 
+SERIAL_GAIN = 1.5
+"""Below this parallel gain SoT's points gain too little from being sent at once
+to pay for the skeleton: the server (nearly) runs one call at a time."""
+
+PARALLEL_CALLS = 4
+"""How many calls at once a parallel gain is stated for: about the points a SoT
+skeleton has (the bundled model writes 3 to 5)."""
+
+ProfileSource = Literal["declared", "probed", "observed", "assumed"]
+
+
+@dataclass(frozen=True, slots=True)
+class ServerProfile:
+    """What the server behind a backend really does. ``None`` means "not known".
+
+    ``parallel_gain`` is the throughput of ``probe_calls`` calls sent at once over the
+    throughput of one call alone: about 1 where the server runs one call at a time
+    (Skeleton-of-Thought's points then queue, and SoT is slower than a direct answer),
+    up to ``probe_calls`` where it runs them side by side as hosted APIs do. A backend
+    that knows its own speed-up (a model batched in this process) states it directly.
+    """
+
+    parallel_gain: float | None = None
+    prefill: bool | None = None
+    """Continues a prefilled assistant message (checked: the reply carried on from it)."""
+    n: bool | None = None
+    """Returns ``n`` samples from one request."""
+    streamed_usage: bool | None = None
+    """Reports token usage at the end of a stream."""
+    source: ProfileSource = "assumed"
+    """declared (given by the user or known to the backend), probed (measured by a few
+    cheap calls), observed (learned from real calls), assumed (nothing known yet)."""
+    probe_calls: int | None = None
+    """How many calls the parallel gain was measured with."""
+    notes: tuple[str, ...] = ()
+    """What the probe or real calls found worth saying (e.g. "--prefill was ignored")."""
+    measured_at: float | None = None
+    """Wall-clock time (``time.time()``) of the measurement, for caches."""
+
+    @property
+    def serialises(self) -> bool:
+        """The server was seen to run one call at a time."""
+        return self.parallel_gain is not None and self.parallel_gain < SERIAL_GAIN
+
+    def replace(self, **changes: Any) -> ServerProfile:
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["notes"] = list(self.notes)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ServerProfile:
+        """The profile from its ``to_dict`` form (or a user's JSON); unknown keys refused."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise ConfigurationError(
+                f"a server profile has no field {', '.join(map(repr, unknown))}; its fields "
+                f"are {', '.join(sorted(names))}"
+            )
+        values = dict(data)
+        if "notes" in values:
+            values["notes"] = tuple(values["notes"] or ())
+        gain = values.get("parallel_gain")
+        if gain is not None and (not isinstance(gain, int | float) or gain <= 0):
+            raise ConfigurationError(f"parallel_gain must be a positive number, got {gain!r}")
+        values.setdefault("source", "declared")
+        return cls(**values)
+
+    def describe(self) -> str:
+        """One line for people: what is known and how it was learned."""
+
+        def yes_no(value: bool | None) -> str:
+            return "unknown" if value is None else "yes" if value else "no"
+
+        if self.parallel_gain is None:
+            parallel = "concurrency unknown (assumed concurrent)"
+        elif self.serialises:
+            parallel = f"runs one call at a time (parallel gain {self.parallel_gain:.2f}x)"
+        else:
+            calls = f" with {self.probe_calls} calls" if self.probe_calls else ""
+            parallel = f"runs calls side by side (parallel gain {self.parallel_gain:.2f}x{calls})"
+        return (
+            f"{parallel}; prefill: {yes_no(self.prefill)}; n: {yes_no(self.n)}; "
+            f"streamed usage: {yes_no(self.streamed_usage)} ({self.source})"
+        )
+
+
 @runtime_checkable
 class Backend(Protocol):
     name: str
@@ -60,6 +158,8 @@ class Backend(Protocol):
     async def complete(self, request: Request) -> Completion: ...
 
     def stream(self, request: Request) -> AsyncIterator[StreamItem]: ...
+
+    async def profile(self) -> ServerProfile: ...
 
     async def aclose(self) -> None: ...
 
@@ -115,6 +215,8 @@ class BaseBackend:
     name: str = "backend"
     model: str = ""
     capabilities: Capabilities = Capabilities()
+    known_profile: ServerProfile | None = None
+    """Set by a backend (or its user) that knows its server; ``profile()`` returns it."""
 
     def __init__(
         self,
@@ -134,6 +236,18 @@ class BaseBackend:
 
     def stream(self, request: Request) -> AsyncIterator[StreamItem]:
         raise NotImplementedError
+
+    async def profile(self) -> ServerProfile:
+        """What this backend's server does; by default what its capabilities say.
+
+        A backend that knows itself overrides this (or sets ``known_profile``) and
+        returns its profile without any call; ``OpenAIBackend`` measures an unknown
+        server once, the first time it is asked.
+        """
+        if self.known_profile is not None:
+            return self.known_profile
+        caps = self.capabilities
+        return ServerProfile(prefill=caps.prefill, n=caps.n)
 
     async def aclose(self) -> None:
         return None
@@ -160,8 +274,12 @@ class ModelView:
         self.backend = backend
         self.model = model
         self.name = backend.name
-        self.capabilities = backend.capabilities
         self.limiter = backend.limiter
+
+    @property
+    def capabilities(self) -> Capabilities:
+        # Read through: a backend adapts its capabilities once it has measured its server.
+        return self.backend.capabilities
 
     def _ask(self, request: Request) -> Request:
         return request if request.model else dataclasses.replace(request, model=self.model)
@@ -174,6 +292,10 @@ class ModelView:
 
     def stream(self, request: Request) -> AsyncIterator[StreamItem]:
         return self.backend.stream(self._ask(request))
+
+    async def profile(self) -> ServerProfile:
+        # The same server: what it does with one model it does with another.
+        return await self.backend.profile()
 
     async def aclose(self) -> None:
         await self.backend.aclose()

@@ -40,7 +40,14 @@ from ..decoding.threads import on_model_thread
 from ..errors import BackendError, BadRequestError, ConfigurationError
 from ..limits import Limiter
 from ..types import Choice, Completion, Delta, Request, TokenLogprob, Usage
-from .base import BaseBackend, Capabilities, StreamItem, check_text_request
+from .base import (
+    PARALLEL_CALLS,
+    BaseBackend,
+    Capabilities,
+    ServerProfile,
+    StreamItem,
+    check_text_request,
+)
 
 if TYPE_CHECKING:
     from ..decoding.batched import BatchDecoder, SequenceUpdate, SpeculationConfig
@@ -141,6 +148,33 @@ class _LoopState:
     def __init__(self, token: object) -> None:
         self.token = token
         self.lock = anyio.Lock()
+
+
+# What a row's draft-head guesses are accepted with, best first: about the held-out
+# top-1 of the bundled heads 1-3 (sotflow/decoding/weights/README.md), then their
+# less likely siblings and deeper nodes. Only the shape matters: how many nodes the
+# step plan thinks worth evaluating for one row and for several.
+TYPICAL_NODE_ACCEPTANCE = (0.57, 0.36, 0.27, 0.15, 0.1, 0.08, 0.05, 0.04)
+
+
+def parallel_gain(costs: BlockCosts, calls: int, speculating: bool) -> tuple[float, int, int]:
+    """Throughput of ``calls`` greedy rows over one row's, planned as the decoder plans
+    a step (``decoding.costs.plan``); with the tokens each evaluates a step."""
+    from ..decoding.costs import plan
+
+    def best(rows: int) -> tuple[float, int]:
+        nodes = sorted(
+            ((p, 1) for p in TYPICAL_NODE_ACCEPTANCE * rows if speculating),
+            key=lambda node: -node[0],
+        )
+        k = plan(rows, nodes, costs)
+        tokens = rows + k
+        expected = rows + sum(p for p, _ in nodes[:k])
+        return expected / costs(tokens), tokens
+
+    single, one = best(1)
+    batched, many = best(calls)
+    return (batched / single if single > 0 else 1.0), one, many
 
 
 class LocalBackend(BaseBackend):
@@ -291,6 +325,30 @@ class LocalBackend(BaseBackend):
 
         # One sequence id past the decoder's: the measurement never touches a live row.
         return cached_costs(self.runtime, cache_root() / "costs", seq=max_batch_size)
+
+    async def profile(self) -> ServerProfile:
+        """What this backend does, known without a call: its parallel gain is the
+        decoder's throughput with ``PARALLEL_CALLS`` greedy rows against one row, from the
+        measured block costs (refined by every step) and the tokens a row's default
+        decoding evaluates a step. Near 1 on a small CPU, where SoT's batched points then
+        buy nothing and ``auto`` answers directly."""
+        if self.known_profile is not None:
+            return self.known_profile
+        calls = min(PARALLEL_CALLS, self.decoder.max_batch_size)
+        speculating = self.default_mode() in ("medusa", "cerberus")
+        gain, one, many = parallel_gain(self.costs, calls, speculating)
+        return ServerProfile(
+            parallel_gain=round(gain, 2),
+            prefill=True,
+            n=True,
+            streamed_usage=True,
+            source="declared",
+            probe_calls=calls,
+            notes=(
+                f"a step of one row evaluates {one} token(s), of {calls} rows {many}; "
+                f"that costs {self.costs(many) / self.costs(one):.2f}x here",
+            ),
+        )
 
     # ------------------------------------------------------------------ prompts
     def encode(self, request: Request) -> list[int]:

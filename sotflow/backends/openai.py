@@ -6,21 +6,34 @@ server side. What is provider-specific lives here: how error statuses and their
 headers become ``sotflow.errors``, and how the bytes travel, over a ``Transport``
 (aiohttp by default, httpx on request) or through a ready ``openai.AsyncOpenAI``
 client, whose own retries are turned off: the engine is the one retry layer.
+
+Servers differ in what they really do with a request (see ``ServerProfile``). The
+backend measures its server once, when a strategy first asks (``await
+backend.profile()``; ``sotflow.backends.probe``), and learns from real replies too: a
+stream without usage, fewer choices than ``n``, streams cut off whenever another request
+arrives. It adapts: prefill only where the server continues it, ``n`` fanned out into
+single calls where it is ignored, one call at a time where the server serialises.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import email.utils
 import json
 import os
 import time
 from collections.abc import AsyncIterator, Mapping
 from contextlib import aclosing
+from pathlib import Path
 from typing import Any, Literal
+
+import anyio
+import anyio.lowlevel
 
 from ..errors import (
     APIConnectionError,
     APITimeoutError,
+    BackendError,
     ConfigurationError,
     MalformedResponseError,
     ProviderError,
@@ -30,12 +43,15 @@ from ..errors import (
 )
 from ..limits import Limiter
 from ..openai_wire import StreamAssembler, completion_from_wire, request_body
-from ..types import Completion, Request
-from .base import BaseBackend, Capabilities, StreamItem
+from ..types import Choice, Completion, Delta, Request
+from .base import BaseBackend, Capabilities, ServerProfile, StreamItem
 from .http import AiohttpTransport, HttpxTransport, Transport
+from .probe import ProfileCache, known_profile, probe_server
 from .sse import SSEDecoder
 
-__all__ = ["OpenAIBackend", "parse_retry_after"]
+__all__ = ["OpenAIBackend", "parse_retry_after", "profile_setting"]
+
+PROFILE_ENV = "SOTFLOW_SERVER_PROFILE"
 
 OPENAI_BASE_URL = "https://api.openai.com/v1"
 DEFAULT_MODEL = "gpt-4o-mini"
@@ -85,15 +101,66 @@ def _checked_base_url(url: str, source: str) -> str:
     return url.rstrip("/")
 
 
+ProfileSetting = ServerProfile | Literal["probe", "assume"]
+
+
+def profile_setting(value: str | Mapping[str, Any] | ServerProfile | None) -> ProfileSetting:
+    """``probe``, ``assume``, a ``ServerProfile``, or its JSON / dict form, checked."""
+    if value is None or isinstance(value, ServerProfile):
+        return value or "probe"
+    if isinstance(value, Mapping):
+        return ServerProfile.from_dict(dict(value))
+    text = value.strip()
+    if text in ("probe", "assume"):
+        return text  # type: ignore[return-value]
+    if text.startswith("{"):
+        try:
+            data = json.loads(text)
+        except ValueError as exc:
+            raise ConfigurationError(
+                f"the server profile {text!r} is not valid JSON: {exc}"
+            ) from None
+        if isinstance(data, dict):
+            return ServerProfile.from_dict(data)
+    raise ConfigurationError(
+        f"a server profile is 'probe' (measure the server once), 'assume' (measure nothing: "
+        f"a hosted API that runs calls side by side) or JSON such as "
+        f'{{"parallel_gain": 1.0, "prefill": false}}; got {value!r}'
+    )
+
+
+class _ProbeLock:
+    """One probe at a time per backend, per event loop (anyio locks belong to one)."""
+
+    def __init__(self) -> None:
+        self._token: object = None
+        self._lock: anyio.Lock | None = None
+
+    def get(self) -> anyio.Lock:
+        token = anyio.lowlevel.current_token()
+        if self._lock is None or self._token != token:
+            self._token, self._lock = token, anyio.Lock()
+        return self._lock
+
+
 class OpenAIBackend(BaseBackend):
     """An OpenAI-compatible chat-completions endpoint.
 
     ``base_url`` and ``api_key`` default to ``OPENAI_BASE_URL`` and ``OPENAI_API_KEY``;
-    ``model`` to ``SOTFLOW_MODEL`` or ``gpt-4o-mini``. Set ``prefill=True`` only for
-    servers that continue a final assistant message when asked with
-    ``continue_final_message`` (vLLM, ``sotflow serve``); elsewhere strategies ask for
-    the start of the reply in words instead. ``limiter`` shares the limits of another
-    backend (or a fair one, as ``sotflow serve`` uses) instead of making new ones.
+    ``model`` to ``SOTFLOW_MODEL`` or ``gpt-4o-mini``. ``limiter`` shares the limits of
+    another backend (or a fair one, as ``sotflow serve`` uses) instead of making new ones.
+
+    ``prefill``: ``None`` (default) uses prefill where the server's profile shows it
+    continues a final assistant message (``continue_final_message``: vLLM, ``sotflow
+    serve``) and asks for the start of the reply in words elsewhere; ``True`` says the
+    server can (still checked when the server is measured); ``False`` never prefills.
+
+    ``profile``: ``"probe"`` (default, or ``$SOTFLOW_SERVER_PROFILE``) measures the server
+    the first time a strategy asks for it (about 7 short calls, once per backend;
+    api.openai.com is known and not measured); ``"assume"`` measures nothing and treats
+    the server as a hosted API that runs calls side by side; a ``ServerProfile`` (or
+    its dict / JSON form) declares it. ``profile_cache=True`` (or a file path) keeps
+    measurements on disk for a day, keyed by ``base_url`` and ``model``.
     """
 
     name = "openai"
@@ -110,16 +177,34 @@ class OpenAIBackend(BaseBackend):
         client: Any = None,
         http_client: Any = None,
         transport: Literal["aiohttp", "httpx"] | Transport | None = None,
-        prefill: bool = False,
+        prefill: bool | None = None,
         logprobs: bool = True,
         headers: Mapping[str, str] | None = None,
         extra_body: Mapping[str, Any] | None = None,
         limiter: Limiter | None = None,
+        profile: ProfileSetting | str | Mapping[str, Any] | None = None,
+        profile_cache: bool | str | os.PathLike[str] = False,
     ) -> None:
         super().__init__(max_concurrency=max_concurrency, rpm=rpm, tpm=tpm, limiter=limiter)
         self.model = model or os.environ.get("SOTFLOW_MODEL") or DEFAULT_MODEL
-        self.capabilities = Capabilities(prefill=prefill, logprobs=logprobs, n=True, tools=True)
+        self.capabilities = Capabilities(
+            prefill=bool(prefill), logprobs=logprobs, n=True, tools=True
+        )
         self.extra_body = dict(extra_body or {})
+        self._prefill_setting = prefill
+        self._profile_setting = profile_setting(
+            profile if profile is not None else os.environ.get(PROFILE_ENV)
+        )
+        self._profile_cache = (
+            None
+            if profile_cache is False
+            else ProfileCache(None if profile_cache is True else Path(profile_cache))
+        )
+        self._probe_lock = _ProbeLock()
+        self._probe_error: BackendError | None = None
+        self._seen: dict[str, Any] = {}
+        self._seen_notes: list[str] = []
+        self._interrupted = 0
         self._client = None
         if client is not None:
             if http_client is not None or transport is not None:
@@ -133,6 +218,7 @@ class OpenAIBackend(BaseBackend):
             self._base_url_source = "the client's base_url"
             self._secret = getattr(client, "api_key", None) or None
             self._transport: Transport | None = None
+            self._init_profile()
             return
         self.base_url = _checked_base_url(
             base_url or os.environ.get("OPENAI_BASE_URL") or OPENAI_BASE_URL,
@@ -167,6 +253,114 @@ class OpenAIBackend(BaseBackend):
             raise ConfigurationError(f"transport must be 'aiohttp' or 'httpx', got {transport!r}")
         else:
             self._transport = transport
+        self._init_profile()
+
+    # -- the server's profile ------------------------------------------------------------
+
+    def _init_profile(self) -> None:
+        setting = self._profile_setting
+        if isinstance(setting, ServerProfile):
+            self._use_profile(setting)
+        elif setting == "assume":
+            self._use_profile(ServerProfile(prefill=self._prefill_setting, source="assumed"))
+        else:
+            published = known_profile(self.base_url)
+            if published is not None:
+                self._use_profile(published)
+
+    def _use_profile(self, profile: ServerProfile) -> None:
+        """Adopt ``profile``, reconciled with the user's ``prefill`` setting."""
+        notes = list(profile.notes)
+        prefill = profile.prefill
+        if self._prefill_setting is False:
+            prefill = False
+        elif self._prefill_setting is True and prefill is False and profile.source == "probed":
+            notes.append(
+                "prefill=True (--prefill) was given, but the server did not continue a "
+                "prefilled reply; the reply's start is asked for in words instead"
+            )
+        elif self._prefill_setting is True and prefill is None:
+            prefill = True
+        profile = profile.replace(prefill=prefill, notes=tuple(notes))
+        self.known_profile = profile
+        self.capabilities = dataclasses.replace(self.capabilities, prefill=bool(prefill))
+        if profile.serialises:
+            # The server would only queue the other calls, inside their per-attempt
+            # timeouts (or cut off its running stream for them): they queue here instead.
+            self.limiter.narrow(1)
+
+    async def profile(self) -> ServerProfile:
+        """The server's profile: declared, cached, or measured now (once per backend).
+
+        Raises the error of a probe call that failed (a wrong key, a dead endpoint); the
+        probe is not tried again by this backend, which then knows only what real
+        replies show.
+        """
+        if self.known_profile is None:
+            async with self._probe_lock.get():
+                if self._probe_error is not None:
+                    raise self._probe_error
+                if self.known_profile is None:
+                    try:
+                        measured = await self._measure()
+                    except BackendError as exc:
+                        self._probe_error = exc
+                        raise
+                    self._use_profile(measured)
+        assert self.known_profile is not None
+        return self._with_seen(self.known_profile)
+
+    @property
+    def current_profile(self) -> ServerProfile:
+        """What is known now, without measuring anything."""
+        base = self.known_profile or ServerProfile(prefill=self.capabilities.prefill)
+        return self._with_seen(base)
+
+    def _with_seen(self, profile: ServerProfile) -> ServerProfile:
+        if not self._seen and not self._seen_notes:
+            return profile
+        # What was measured or declared stands; real replies fill in what was not known.
+        known = {k: v for k, v in self._seen.items() if getattr(profile, k) is None}
+        return profile.replace(**known, notes=(*profile.notes, *self._seen_notes))
+
+    async def _measure(self) -> ServerProfile:
+        cache = self._profile_cache
+        key = ProfileCache.key(self.base_url, self.model)
+        if cache is not None:
+            cached = cache.get(key)
+            if cached is not None:
+                return cached
+        profile = await probe_server(self, check_prefill=self._prefill_setting is not False)
+        if cache is not None:
+            cache.put(key, profile)
+        return profile
+
+    def _observe(self, field: str, value: Any, note: str | None = None) -> None:
+        """A fact learned from a real reply (kept beside the measured profile)."""
+        if self._seen.get(field) == value:
+            return
+        self._seen[field] = value
+        if note:
+            self._seen_notes.append(note)
+
+    def _stream_cut_off(self) -> None:
+        # A stream that ended cleanly but unfinished while other calls were in flight:
+        # the mark of a server that serves one request at a time and ends the running
+        # stream when the next arrives (llama-cpp-python's default). Twice is a pattern.
+        if self.limiter.in_flight < 2:
+            return
+        measured = self.known_profile
+        if measured is not None and measured.parallel_gain is not None and not measured.serialises:
+            return
+        self._interrupted += 1
+        if self._interrupted == 2:
+            self._observe(
+                "parallel_gain",
+                1.0,
+                "the server cut off running streams when other requests arrived: it serves "
+                "one call at a time, so sotflow now sends it one at a time",
+            )
+            self.limiter.narrow(1)
 
     def __repr__(self) -> str:
         return f"OpenAIBackend(model={self.model!r}, base_url={self.base_url!r})"
@@ -189,44 +383,96 @@ class OpenAIBackend(BaseBackend):
 
     # -- calls -----------------------------------------------------------------------
 
-    async def complete(self, request: Request) -> Completion:
-        body = self.body(request, stream=False)
+    async def _raw_complete(self, body: dict[str, Any]) -> dict[str, Any]:
+        """POST ``body`` as it is; the decoded reply (errors mapped, nothing parsed)."""
         if self._client is not None:
-            data = await self._sdk_complete(body)
-        else:
-            assert self._transport is not None
-            try:
-                response = await self._transport.post(
-                    self._url, self._headers, json.dumps(body).encode()
-                )
-            except APIConnectionError as exc:
-                raise self._unreachable(exc) from exc
-            if response.status >= 400:
-                raise self._status_error(response.status, response.headers, response.content)
-            try:
-                data = json.loads(response.content)
-            except ValueError as exc:
-                raise MalformedResponseError(
-                    f"{self._where()} answered with invalid JSON ({len(response.content)} bytes)"
-                ) from exc
-        return self._parse_completion(data, request)
+            return await self._sdk_complete(body)
+        assert self._transport is not None
+        try:
+            response = await self._transport.post(
+                self._url, self._headers, json.dumps(body).encode()
+            )
+        except APIConnectionError as exc:
+            raise self._unreachable(exc) from exc
+        if response.status >= 400:
+            raise self._status_error(response.status, response.headers, response.content)
+        try:
+            data = json.loads(response.content)
+        except ValueError as exc:
+            raise MalformedResponseError(
+                f"{self._where()} answered with invalid JSON ({len(response.content)} bytes)"
+            ) from exc
+        return data  # type: ignore[no-any-return]
+
+    def _raw_stream(self, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+        return self._sdk_stream(body) if self._client is not None else self._http_stream(body)
+
+    def _n_ignored(self, request: Request) -> bool:
+        return request.params.n > 1 and self.current_profile.n is False
+
+    async def complete(self, request: Request) -> Completion:
+        if self._n_ignored(request):
+            return await self._fan_out(request, request.params.n)
+        data = await self._raw_complete(self.body(request, stream=False))
+        completion = self._parse_completion(data, request)
+        wanted = request.params.n
+        if wanted > 1 and len(completion.choices) < wanted:
+            self._observe("n", False, f"the server ignored n={wanted}; sotflow sends n calls")
+            extra = await self._fan_out(request, wanted - len(completion.choices))
+            completion = _merge(completion, extra)
+        return completion
+
+    async def _fan_out(self, request: Request, count: int) -> Completion:
+        """``count`` single-sample calls for a server that ignores ``n``, as one completion."""
+        single = _single(request)
+        results: list[Completion | None] = [None] * count
+
+        async def one(index: int) -> None:
+            data = await self._raw_complete(self.body(single, stream=False))
+            results[index] = self._parse_completion(data, single)
+
+        async with anyio.create_task_group() as tg:
+            for index in range(count):
+                tg.start_soon(one, index)
+        done = [r for r in results if r is not None]
+        merged = done[0]
+        for other in done[1:]:
+            merged = _merge(merged, other)
+        return merged
 
     async def stream(self, request: Request) -> AsyncIterator[StreamItem]:
-        body = self.body(request, stream=True)
-        chunks = self._sdk_stream(body) if self._client is not None else self._http_stream(body)
+        wanted = request.params.n
+        ignored = self._n_ignored(request)
+        sent = _single(request) if ignored else request
+        body = self.body(sent, stream=True)
         assembler = StreamAssembler(
-            request,
+            sent,
             model=self.model,
             where=self._where(),
             prefill_in_words=not self.capabilities.prefill,
         )
+        chunks = self._raw_stream(body)
         async with aclosing(chunks):
             async for chunk in chunks:
                 for delta in assembler.add(chunk):
                     yield delta
-        completion = assembler.completion()
+        try:
+            completion = assembler.completion()
+        except StreamInterruptedError:
+            self._stream_cut_off()
+            raise
+        self._observe("streamed_usage", assembler.usage is not None)
         for delta in assembler.released:
             yield delta  # text held back while it could still have been the prefill
+        if wanted > 1 and len(completion.choices) < wanted:
+            if not ignored:
+                self._observe("n", False, f"the server ignored n={wanted}; sotflow sends n calls")
+            extra = await self._fan_out(request, wanted - len(completion.choices))
+            first = len(completion.choices)
+            for offset, choice in enumerate(extra.choices):
+                if choice.text:
+                    yield Delta(choice.text, first + offset)
+            completion = _merge(completion, extra)
         yield completion
 
     async def _http_stream(self, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
@@ -399,3 +645,18 @@ class OpenAIBackend(BaseBackend):
             where=self._where(),
             prefill_in_words=not self.capabilities.prefill,
         )
+
+
+def _single(request: Request) -> Request:
+    """``request`` asking for one sample."""
+    return dataclasses.replace(request, params=request.params.replace(n=1))
+
+
+def _merge(first: Completion, extra: Completion) -> Completion:
+    """``extra``'s choices after ``first``'s, renumbered; usage added."""
+    start = len(first.choices)
+    moved = tuple(
+        Choice(start + i, c.text, c.finish_reason, c.logprobs, c.tool_calls)
+        for i, c in enumerate(extra.choices)
+    )
+    return Completion(first.choices + moved, first.usage + extra.usage, first.model)

@@ -17,7 +17,7 @@ import anyio
 
 from ..errors import ConfigurationError
 from ..types import Choice, Completion, Delta, Request, TokenLogprob, Usage
-from .base import BaseBackend, Capabilities, StreamItem, check_text_request
+from .base import BaseBackend, Capabilities, ServerProfile, StreamItem, check_text_request
 
 __all__ = ["Fail", "Reply", "ScriptedBackend", "split_tokens"]
 
@@ -72,8 +72,12 @@ class ScriptedBackend(BaseBackend):
         max_concurrency: int | None = 64,
         rpm: int | None = None,
         tpm: int | None = None,
+        profile: ServerProfile | None = None,
     ) -> None:
         super().__init__(max_concurrency=max_concurrency, rpm=rpm, tpm=tpm)
+        # What strategies are told about the "server" (e.g. that it serialises), so the
+        # choices they make from a profile can be tested without one.
+        self.known_profile = profile
         if not callable(script):
             script = list(script)
         self.script = script

@@ -19,7 +19,7 @@ from typing import Any
 import anyio
 
 from ..engine import Engine
-from ..errors import ConfigurationError
+from ..errors import BackendError, ConfigurationError
 from ..events import AnswerDelta, AnswerReset, RunFinished
 from ..serve import add_arguments as serve_arguments
 from ..strategies.registry import make_strategy
@@ -101,6 +101,9 @@ def cmd_ask(args: argparse.Namespace) -> int:
         print(json.dumps(answer_record(item, answer), ensure_ascii=False, indent=2))
     elif not args.stream and answer.ok:
         print(answer.text)
+    if not args.json:
+        for warning in answer.warnings:
+            print(f"sotflow: warning: {warning}", file=sys.stderr)
     if not answer.ok:
         print(f"sotflow: {answer.error.type}: {answer.error.message}", file=sys.stderr)
         return EXIT_FAILED
@@ -171,11 +174,20 @@ def cmd_batch(args: argparse.Namespace) -> int:
 
         cluster = RayAnswering(args)
         model, local, where = cluster.model, cluster.local, "a Ray cluster"
+        base_url = None  # the workers' endpoint: published prices are not assumed
     else:
         backend = make_backend(args)
         strategy = _strategy(args, backend)
         model, local = backend.model, backend.name == "local"
-        where = getattr(backend, "base_url", None) or "this machine"
+        base_url = getattr(backend, "base_url", None)
+        where = base_url or "this machine"
+    if args.price_in is not None or args.price_out is not None:
+        if args.price_in is None or args.price_out is None:
+            raise ConfigurationError(
+                "give both --price-in and --price-out (USD per million prompt and "
+                "completion tokens)"
+            )
+        prices[model] = (args.price_in, args.price_out)
     if not args.quiet:
         print(
             f"sotflow: {len(todo)} question(s) to answer, {args.concurrency} at once: "
@@ -224,7 +236,7 @@ def cmd_batch(args: argparse.Namespace) -> int:
         # tool, stop without a word (what the reader never took cannot be resumed).
         return EXIT_READER_GONE
     if not args.quiet:
-        print(stats.summary(model, prices, local=local), file=sys.stderr)
+        print(stats.summary(model, prices, local=local, base_url=base_url), file=sys.stderr)
         if cluster is not None:
             print(cluster.report(), file=sys.stderr)
     if outcome.fatal or outcome.interrupted:
@@ -328,8 +340,23 @@ def cmd_bench(args: argparse.Namespace) -> int:
     direct = make_strategy("direct", max_tokens=args.max_tokens, temperature=args.temperature)
     sot = make_strategy(args.strategy, max_tokens=args.max_tokens, temperature=args.temperature)
     rows: list[dict[str, Any]] = []
+    info: dict[str, Any] = {}
 
     async def run() -> None:
+        # What the server does, measured (or read from the cache) before any timing.
+        try:
+            profile = await backend.profile()
+        except BackendError as exc:
+            # The timed calls will meet the same problem and report it per question.
+            info["server_profile"] = None
+            if not args.json:
+                print(f"server: could not be measured ({type(exc).__name__}: {exc})", flush=True)
+        else:
+            info["server_profile"] = profile.to_dict()
+            if not args.json:
+                print(f"server: {profile.describe()}", flush=True)
+                for note in profile.notes:
+                    print(f"  note: {note}", flush=True)
         async with _engine(args, backend) as engine:
             # One untimed 1-token call first: it opens the connection (and the TLS
             # session on a real API), which would otherwise be charged to the first
@@ -365,7 +392,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.json:
         print(
             json.dumps(
-                {"rows": rows, "median_speedup": statistics.median(speedups) if speedups else None},
+                {
+                    "server_profile": info.get("server_profile"),
+                    "rows": rows,
+                    "median_speedup": statistics.median(speedups) if speedups else None,
+                },
                 indent=2,
             )
         )
@@ -437,6 +468,18 @@ def build_parser() -> argparse.ArgumentParser:
         "0 for none); a terminal gets a progress bar instead",
     )
     batch.add_argument("--prices", help="JSON file of USD per million tokens per model")
+    batch.add_argument(
+        "--price-in",
+        type=float,
+        metavar="USD",
+        help="price of a million prompt tokens for this run's model (with --price-out)",
+    )
+    batch.add_argument(
+        "--price-out",
+        type=float,
+        metavar="USD",
+        help="price of a million completion tokens for this run's model (with --price-in)",
+    )
     batch.add_argument("--grace", type=float, default=10.0, help="seconds to finish after Ctrl-C")
     cluster = batch.add_argument_group("Ray cluster")
     cluster.add_argument(

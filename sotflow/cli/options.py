@@ -90,7 +90,17 @@ def add_backend_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--prefill",
         action="store_true",
-        help="the server can continue a prefilled assistant message (vLLM, sotflow serve)",
+        default=None,
+        help="the server can continue a prefilled assistant message (vLLM, sotflow serve); "
+        "by default sotflow checks whether it does",
+    )
+    group.add_argument(
+        "--server-profile",
+        default=None,
+        metavar="probe|assume|JSON",
+        help="what the server does: 'probe' measures it once (a few short calls; kept for a "
+        "day), 'assume' measures nothing (a hosted API that runs calls side by side), or "
+        "JSON such as '{\"parallel_gain\": 1.0}' (default: $SOTFLOW_SERVER_PROFILE or probe)",
     )
     add_local_options(group, prefix="local backend: ")
     group.add_argument(
@@ -262,7 +272,13 @@ def make_backend(args: argparse.Namespace, *, concurrency: int | None = None) ->
             raise ConfigurationError(NO_API)
 
         return OpenAIBackend(
-            model=args.model, base_url=args.base_url, prefill=args.prefill, **limits
+            model=args.model,
+            base_url=args.base_url,
+            prefill=getattr(args, "prefill", None),
+            profile=getattr(args, "server_profile", None),
+            # Each command is a new process: keep the measurement for the next one.
+            profile_cache=True,
+            **limits,
         )
     model = args.model or os.environ.get("SOTFLOW_MODEL") or "smollm2"
     return load_local(args, model, **limits)

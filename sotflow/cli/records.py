@@ -45,7 +45,7 @@ __all__ = [
 
 OUTPUT_FIELDS = (
     "id", "question", "strategy", "answer", "points", "usage",
-    "latency_s", "calls", "retries", "error",
+    "latency_s", "calls", "retries", "error", "warnings",
 )  # fmt: skip
 
 
@@ -276,11 +276,14 @@ def answer_record(item: InputItem, answer: Answer) -> dict[str, Any]:
             "prompt_tokens": answer.usage.prompt_tokens,
             "completion_tokens": answer.usage.completion_tokens,
             "total_tokens": answer.usage.total_tokens,
+            # True when some count is sotflow's estimate (the server reported none).
+            "estimated": answer.usage.estimated,
         },
         "latency_s": round(answer.latency_s, 4),
         "calls": calls,
         "retries": retries,
         "error": answer.error.model_dump() if answer.error else None,
+        "warnings": answer.warnings,
     }
     return carry(record, item.extra)
 
@@ -292,11 +295,17 @@ def error_record(item: InputItem, error_type: str, message: str) -> dict[str, An
         "strategy": None,
         "answer": None,
         "points": None,
-        "usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0},
+        "usage": {
+            "prompt_tokens": 0,
+            "completion_tokens": 0,
+            "total_tokens": 0,
+            "estimated": False,
+        },
         "latency_s": 0.0,
         "calls": 0,
         "retries": 0,
         "error": {"type": error_type, "message": message},
+        "warnings": [],
     }
     return carry(record, item.extra)
 

@@ -41,8 +41,11 @@ __all__ = [
     "progress_for",
 ]
 
-# USD per million tokens (prompt, completion), as published by the providers in 2025.
-# Override or extend with --prices FILE or $SOTFLOW_PRICES: {"model": [prompt, completion]}.
+# USD per million tokens (prompt, completion), as published by OpenAI in 2025, for its own
+# endpoint only: the same model name on another server (a proxy, a local stand-in) costs
+# what that server charges, which sotflow cannot know. Prices of your own apply anywhere:
+# --price-in/--price-out, or --prices FILE / $SOTFLOW_PRICES: {"model": [prompt, completion]}.
+PRICES_HOST = "api.openai.com"
 PRICES: dict[str, tuple[float, float]] = {
     "gpt-4o-mini": (0.15, 0.60),
     "gpt-4o": (2.50, 10.00),
@@ -55,7 +58,8 @@ PRICES: dict[str, tuple[float, float]] = {
 
 
 def load_prices(path: str | None) -> dict[str, tuple[float, float]]:
-    prices = dict(PRICES)
+    """The user's own prices (``--prices FILE`` or ``$SOTFLOW_PRICES``); valid on any endpoint."""
+    prices: dict[str, tuple[float, float]] = {}
     path = path or os.environ.get("SOTFLOW_PRICES")
     if not path:
         return prices
@@ -89,6 +93,8 @@ class BatchStats:
     failures: Counter[str] = field(default_factory=Counter)
     """Failed items by error type."""
     started: float = field(default_factory=time.monotonic)
+    estimated: bool = False
+    """Some token counts are sotflow's estimates (the server reported none)."""
 
     def add(self, record: dict[str, Any]) -> None:
         error = record.get("error")
@@ -105,6 +111,7 @@ class BatchStats:
         usage = record.get("usage") or {}
         self.prompt_tokens += int(usage.get("prompt_tokens") or 0)
         self.completion_tokens += int(usage.get("completion_tokens") or 0)
+        self.estimated = self.estimated or bool(usage.get("estimated"))
 
     @property
     def tokens(self) -> int:
@@ -127,8 +134,15 @@ class BatchStats:
         )
 
     def summary(
-        self, model: str, prices: dict[str, tuple[float, float]], *, local: bool = False
+        self,
+        model: str,
+        prices: dict[str, tuple[float, float]],
+        *,
+        local: bool = False,
+        base_url: str | None = None,
     ) -> str:
+        """The lines printed after a batch. ``prices`` are the user's own (valid on any
+        endpoint); the published table is used only on its provider's endpoint."""
         elapsed = time.monotonic() - self.started
         done = self.ok + self.failed
         lines = [
@@ -144,25 +158,34 @@ class BatchStats:
             lines.append(f"failed with: {kinds}")
         if done:
             lines.append(f"model calls: {self.calls:,} ({self.retries:,} retries)")
+        estimate = "; estimated: the server reported no usage" if self.estimated else ""
         lines.append(
             f"tokens: {self.tokens:,} (prompt {self.prompt_tokens:,}, "
-            f"completion {self.completion_tokens:,})"
+            f"completion {self.completion_tokens:,}{estimate})"
         )
         if self.latencies:
             ordered = sorted(self.latencies)
             p95 = ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))]
             lines.append(f"latency: p50 {statistics.median(ordered):.2f} s, p95 {p95:.2f} s")
+        host = (base_url or "").split("//", 1)[-1].split("/", 1)[0].lower()
         price = prices.get(model)
+        if price is None and host == PRICES_HOST:
+            price = PRICES.get(model)
         if price is not None:
             cost = (self.prompt_tokens * price[0] + self.completion_tokens * price[1]) / 1e6
             lines.append(
-                f"cost: ${cost:,.4f} ({model} at ${price[0]:g} / ${price[1]:g} per million "
-                "prompt / completion tokens)"
+                f"cost: {'about ' if self.estimated else ''}${cost:,.4f} ({model} at "
+                f"${price[0]:g} / ${price[1]:g} per million prompt / completion tokens)"
             )
         elif local:
             lines.append("cost: no API charge (a model on this machine)")
         elif done:
-            lines.append(f"cost: unknown for {model!r} (add it with --prices FILE)")
+            where = f" at {host}" if host else ""
+            lines.append(
+                f"cost: unknown (no known price for {model!r}{where}); set one with "
+                "--price-in and --price-out (USD per million prompt / completion tokens) "
+                "or --prices FILE"
+            )
         return "\n".join(lines)
 
 

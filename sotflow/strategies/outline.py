@@ -1,13 +1,17 @@
 """Parsing a model's skeleton into points, tolerant of how real models write lists.
 
-Accepted: ``1.``, ``1)``, ``(1)``, ``**1.**``, ``Step 1:``, bullets before numbers,
-blank lines, chatter before or after the list. Numbers inside text (``version 3.8``)
-and numbered sub-points deeper than the list are not points. The first occurrence of
-each number wins, a title repeated word for word is dropped, and points are renumbered
-1..k in order of appearance. A list without
-any numbers falls back to its bullet lines. With dependencies on, a trailing mark
-such as ``(needs 2, 3)`` becomes edges; unknown references and edges that would close
-a cycle are dropped, each with a warning.
+Accepted: ``1.``, ``1)``, ``(1)``, ``**1.**``, ``Step 1:``, ``Point 1:``, bullets before
+numbers, a number alone on its line with the title on the next, doubled numbering
+(``1. 1. Relaxation``), bold titles, trailing colons, blank lines, chatter before or
+after the list, a whole list on one line (also after a preamble: ``Topics: 1. a, 2. b``).
+Numbers inside text (``version 3.8``) and numbered sub-points deeper than the list are
+not points. A ``1.`` after the list has begun starts another list (small models write
+their outline twice, or a stray line before it); the longest list wins, the first of
+equals. Within a list the first occurrence of each number wins, a title repeated word
+for word is dropped, and points are renumbered 1..k in order of appearance. A list
+without any numbers falls back to its bullet lines. With dependencies on, a trailing
+mark such as ``(needs 2, 3)`` becomes edges; unknown references and edges that would
+close a cycle are dropped, each with a warning.
 """
 
 from __future__ import annotations
@@ -37,6 +41,8 @@ _NEEDS = re.compile(
 )
 _MAX_TITLE = 120
 _INLINE = re.compile(r"(?<=\S)\s+(?=(\d{1,2})[.)]\s+\S)")
+# "1. 1. Relaxation": the number written twice.
+_DOUBLED = re.compile(r"^\s*(?:\*\*|__)?[(\[]?(?P<num>\d{1,3})[.)\]](?:\*\*|__)?(?:\s+|$)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,7 +90,9 @@ def _split_inline(text: str) -> str:
         start = 0
         for match in _INLINE.finditer(line):
             number = int(match.group(1))
-            if last and number == last + 1:
+            # A list can also begin after a colon ("Differences: 1. Syntax, 2. Speed").
+            restart = number == 1 and line[: match.start()].rstrip().endswith(":")
+            if (last and number == last + 1) or restart:
                 out.append(line[start : match.start()])
                 start = match.end()
                 last = number
@@ -96,13 +104,25 @@ def _candidates(text: str) -> tuple[list[tuple[int, str]], list[str]]:
     """Numbered ``(number, line title)`` pairs at the list's own depth, and bullets."""
     numbered: list[tuple[int, str, int]] = []
     bullets: list[tuple[str, int]] = []
+    # A number alone on its line ("1.") waits for its title on the next line.
+    waiting: tuple[int, int] | None = None
     for line in _split_inline(text).splitlines():
         if not line.strip():
             continue
         match = _NUMBERED.match(line)
-        if match and match.group("title").strip():
+        if match:
+            number = int(match.group("num"))
             depth = len(match.group("indent").expandtabs(4))
-            numbered.append((int(match.group("num")), match.group("title"), depth))
+            title = _undouble(match.group("title"), number)
+            if title.strip():
+                numbered.append((number, title, depth))
+                waiting = None
+            else:
+                waiting = (number, depth)
+            continue
+        if waiting is not None:
+            numbered.append((waiting[0], line, waiting[1]))
+            waiting = None
             continue
         bullet = _BULLET.match(line)
         if bullet:
@@ -116,37 +136,64 @@ def _candidates(text: str) -> tuple[list[tuple[int, str]], list[str]]:
     return [], []
 
 
+def _undouble(title: str, number: int) -> str:
+    """``1. 1. Title`` and ``1. [1] Title`` -> ``Title`` (``1. 1. 1. 1.`` -> nothing)."""
+    while (doubled := _DOUBLED.match(title)) and int(doubled.group("num")) == number:
+        title = title[doubled.end() :]
+    return title
+
+
+def _lists(numbered: list[tuple[int, str]]) -> list[list[tuple[int, str]]]:
+    """Split numbered lines into lists: a ``1`` after the first line starts a new one."""
+    lists: list[list[tuple[int, str]]] = []
+    for number, title in numbered:
+        if not lists or (number == 1 and lists[-1]):
+            lists.append([])
+        lists[-1].append((number, title))
+    return lists
+
+
+def _longest_list(numbered: list[tuple[int, str]], warnings: list[str]) -> list[tuple[int, str]]:
+    lists = _lists(numbered)
+    best = max(lists, key=lambda items: len({n for n, _ in items}))  # the first of equals
+    if sum(len(items) > 1 for items in lists) > 1:
+        warnings.append(
+            f"the skeleton had {len(lists)} numbered lists; used the longest "
+            f"({len(best)} lines), not the others"
+        )
+    raw: list[tuple[int, str]] = []
+    seen: set[int] = set()
+    for number, title in best:
+        if number in seen:
+            warnings.append(f"dropped a second point numbered {number}: {title.strip()!r}")
+            continue
+        seen.add(number)
+        raw.append((number, title))
+    return raw
+
+
 def parse_outline(text: str, *, max_points: int = 10, dependencies: bool = False) -> Outline:
     """Turn a skeleton into at most ``max_points`` points (see the module docstring)."""
     warnings: list[str] = []
     numbered, bullets = _candidates(text)
     raw: list[tuple[int, str]] = []
     if numbered:
-        seen: set[int] = set()
-        for number, title in numbered:
-            if number in seen:
-                warnings.append(f"dropped a second point numbered {number}: {title.strip()!r}")
-                continue
-            seen.add(number)
-            raw.append((number, title))
+        raw = _longest_list(numbered, warnings)
     elif bullets:
         warnings.append("the skeleton had no numbers; its bullet lines were used as points")
         raw = [(i + 1, t) for i, t in enumerate(bullets)]
-    if len(raw) > max_points:
-        warnings.append(f"the skeleton had {len(raw)} points; kept the first {max_points}")
-        raw = raw[:max_points]
 
     renumber: dict[int, int] = {}
     titles: list[str] = []
     marks: list[list[int]] = []
-    for number, line in raw:
+    for position, (number, line) in enumerate(raw):
         refs: list[int] = []
         if dependencies:
             for match in _NEEDS.finditer(line):
                 refs.extend(int(r) for r in re.findall(r"\d+", match.group("refs")))
         line = _NEEDS.sub("", line)
         title = _clean_title(line)
-        if not title:
+        if not any(c.isalpha() for c in title):
             warnings.append(f"dropped point {number}: it has no words")
             continue
         earlier = next((t for t in titles if t.casefold() == title.casefold()), None)
@@ -154,9 +201,20 @@ def parse_outline(text: str, *, max_points: int = 10, dependencies: bool = False
             # Small models repeat themselves; a repeated point would be written twice.
             warnings.append(f"dropped point {number}: it repeats {earlier!r}")
             continue
+        folded = title.casefold().rstrip(" .,;:-")
+        if position == len(raw) - 1 and any(t.casefold().startswith(folded) for t in titles):
+            # The reply ran out of tokens partway through repeating an earlier point.
+            warnings.append(f"dropped point {number}: a cut-off repeat of an earlier point")
+            continue
         renumber[number] = len(titles) + 1
         titles.append(title)
         marks.append(refs)
+    if len(titles) > max_points:
+        # Counted after the repeats are gone: ten distinct points beat ten lines.
+        warnings.append(f"the skeleton had {len(titles)} points; kept the first {max_points}")
+        for number in [n for n, i in renumber.items() if i > max_points]:
+            del renumber[number]
+        titles, marks = titles[:max_points], marks[:max_points]
 
     needs: list[list[int]] = []
     for index, refs in enumerate(marks, start=1):

@@ -3,6 +3,11 @@
 The chosen strategy runs embedded in the same run (one trace, one budget, one set of
 limits); its answer parts stream as this run's answer. The router's ``Decision`` is in
 ``answer.decision`` and ``answer.strategy`` names the strategy that really answered.
+
+SoT only pays where the server writes its points side by side. Before running a
+Skeleton-of-Thought strategy the server's profile is asked for (measured once per
+backend); where it runs one call at a time (parallel gain below ``min_parallel_gain``)
+the question is answered directly, and the decision's reason says why.
 """
 
 from __future__ import annotations
@@ -10,12 +15,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from ..backends.base import SERIAL_GAIN
 from ..errors import ConfigurationError
 from ..graph import Embed, Expand, Graph, NodeContext, Part, Result, Step
 from ..types import Decision
 from .base import BuildContext, Strategy
 from .direct import Direct
-from .skeleton import SkeletonOfThought
+from .skeleton import SkeletonOfThought, server_profile
 
 __all__ = ["Routed"]
 
@@ -30,6 +36,7 @@ class Routed:
         router: Any = None,
         *,
         strategies: Mapping[str, Strategy] | None = None,
+        min_parallel_gain: float = SERIAL_GAIN,
     ) -> None:
         if router is None:
             from ..routing.rules import RuleRouter
@@ -44,6 +51,7 @@ class Routed:
                     f"got {strategy!r}"
                 )
         self.router = router
+        self.min_parallel_gain = min_parallel_gain
         self.strategies: dict[str, Strategy] = {
             "sot": SkeletonOfThought(),
             "sot-dag": SkeletonOfThought(dependencies=True),
@@ -62,7 +70,7 @@ class Routed:
             route = Step("route", lambda c: self.router.decide(c.question))
         return Graph((route, Step("dispatch", self._dispatch, needs=("route",))), output="answer")
 
-    def _dispatch(self, ctx: NodeContext) -> Expand:
+    async def _dispatch(self, ctx: NodeContext) -> Expand:
         decision: Decision = ctx["route"]
         warnings = []
         strategy = self.strategies.get(decision.strategy)
@@ -72,11 +80,23 @@ class Routed:
                 "answered directly (pass strategies={...} to Routed to add it)"
             )
             strategy = self.strategies["direct"]
+        elif isinstance(strategy, SkeletonOfThought):
+            profile = await server_profile(strategy.expand_backend or ctx.backend)
+            gain = profile.parallel_gain if profile is not None else None
+            if gain is not None and gain < self.min_parallel_gain:
+                why = (
+                    f"the backend runs (nearly) one call at a time (parallel gain "
+                    f"{gain:.2f}x), so {decision.strategy} would be slower; answered directly"
+                )
+                decision = decision.model_copy(
+                    update={"strategy": "direct", "reason": f"{decision.reason}; but {why}"}
+                )
+                strategy = self.strategies["direct"]
         return Expand(
             value=decision,
             add=[
                 Embed("run", strategy, ctx.question, part=Part((0,))),
-                Step("answer", _attach_decision, needs=("run", "route")),
+                Step("answer", _attach_decision, needs=("run", "dispatch")),
             ],
             warnings=warnings,
         )
@@ -92,6 +112,6 @@ def _attach_decision(ctx: NodeContext) -> Result:
         strategy=strategy,
         points=result.points,
         skeleton=result.skeleton,
-        decision=ctx["route"],
+        decision=ctx["dispatch"],
         details=result.details,
     )

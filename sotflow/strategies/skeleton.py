@@ -9,6 +9,15 @@ point, instead of the whole answer token by token.
 With ``dependencies=True`` (strategy ``"sot-dag"``) the skeleton may mark which points
 need which; a point then starts as soon as the points it needs are written, and sees
 their text. A skeleton with fewer than two points falls back to a direct answer.
+
+When the answer counts as failed: when the skeleton call failed, or when more than half
+of the points failed (after their retries). Otherwise a failed point is left out, and
+the answer is written with the points that exist and a warning naming the missing one.
+
+Before the skeleton is sent, the server's profile is asked for (measured once per
+backend, see ``ServerProfile``): where the server runs one call at a time the points
+would be written one after another, and the run's warnings say that SoT will be slower
+than a direct answer there (``Routed`` answers directly on such a server).
 """
 
 from __future__ import annotations
@@ -17,9 +26,9 @@ import os
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from ..backends.base import check_backend
-from ..errors import ConfigurationError
-from ..graph import Call, Expand, Graph, NodeContext, Part, Result, Step
+from ..backends.base import ServerProfile, check_backend
+from ..errors import BackendError, ConfigurationError, NoAnswerError
+from ..graph import Call, Expand, Graph, NodeContext, Outcome, Part, Result, Step, part_text
 from ..prompts import Prompts
 from ..types import Completion, Message, Point, Request, SamplingParams
 from .base import BuildContext
@@ -28,7 +37,12 @@ from .outline import Outline, OutlinePoint, parse_outline
 if TYPE_CHECKING:
     from ..backends.base import Backend
 
-__all__ = ["SkeletonOfThought"]
+__all__ = ["SkeletonOfThought", "server_profile", "slow_server_warning"]
+
+# A point reads "i. Title - text": the text follows the dash after one space, whatever
+# whitespace (a stray line break) the model put first, and a point that came back empty
+# reads "i. Title", without a dangling dash.
+_LEAD = " - "
 
 # The templates this uses; an override for any other name is refused as a typo.
 _PROMPTS = (
@@ -87,23 +101,45 @@ class SkeletonOfThought:
 
     # -- the graph ---------------------------------------------------------------------
 
-    def build(self, question: str, ctx: BuildContext) -> Graph:
+    def skeleton_request(self, question: str) -> Request:
+        """The skeleton call this strategy sends for ``question`` (prompts, prefill)."""
         template = "skeleton_dag.user" if self.dependencies else "skeleton.user"
         user = self.prompts.render(
             template, question=question, min_points=self.min_points, max_points=self.max_points
         )
-        request = Request(
+        return Request(
             (Message.system(self.prompts.render("skeleton.system")), Message.user(user)),
             # Points past max_points are never used; stop before writing them (small
             # models otherwise repeat a last line until max_tokens).
             self.skeleton_params.replace(stop=(f"\n{self.max_points + 1}.",)),
             prefill="1.",
         )
-        return Graph((Call("skeleton", request, then=self._plan),), output="answer")
+
+    def build(self, question: str, ctx: BuildContext) -> Graph:
+        request = self.skeleton_request(question)
+        expand_backend = self.expand_backend
+
+        async def skeleton(ctx: NodeContext) -> Request:
+            # Asked first so that the skeleton is sent knowing whether the server
+            # continues a prefill; measured once per backend, then cached.
+            points_backend = expand_backend or ctx.backend
+            profile = await server_profile(points_backend)
+            if expand_backend is not None:
+                await server_profile(ctx.backend)
+            if profile is not None and profile.serialises:
+                ctx.warn(slow_server_warning(profile, self.name))
+            return request
+
+        return Graph((Call("skeleton", skeleton, then=self._plan),), output="answer")
+
+    def parse(self, text: str) -> tuple[str, Outline]:
+        """The skeleton call's text (what followed the ``1.`` prefill) as the whole
+        skeleton and its outline, as this strategy reads it."""
+        raw = "1." + text
+        return raw, parse_outline(raw, max_points=self.max_points, dependencies=self.dependencies)
 
     def _plan(self, completion: Completion, ctx: NodeContext) -> Expand:
-        raw = "1." + completion.text
-        outline = parse_outline(raw, max_points=self.max_points, dependencies=self.dependencies)
+        raw, outline = self.parse(completion.text)
         if len(outline.points) < 2:
             reason = (
                 "the skeleton had no points"
@@ -123,13 +159,14 @@ class SkeletonOfThought:
                 needs=("skeleton", *(f"p{n}" for n in p.needs)),
                 then=_text,
                 backend=self.expand_backend,
-                part=Part((p.index,), _prefill(p), "" if p.index == last else "\n"),
+                part=Part((p.index,), _heading(p), "" if p.index == last else "\n", _LEAD),
                 meta={"title": p.title, "needs": list(p.needs)},
             )
             for p in outline.points
         ]
         point_ids = tuple(f"p{p.index}" for p in outline.points)
-        nodes.append(Step("answer", self._assembler(outline, raw), needs=point_ids))
+        # settle: the answer is assembled from the points that exist, not sunk by one.
+        nodes.append(Step("answer", self._assembler(outline, raw), needs=point_ids, settle=True))
         return Expand(value=outline, add=nodes, warnings=outline.warnings)
 
     def _point_request(self, point: OutlinePoint, outline: Outline) -> Any:
@@ -168,9 +205,14 @@ class SkeletonOfThought:
         def assemble(ctx: NodeContext) -> Result:
             points: list[Point] = []
             pieces: list[str] = []
+            failed: list[tuple[OutlinePoint, Outcome]] = []
             for p in outline.points:
                 node = f"p{p.index}"
-                text = str(ctx[node])
+                outcome: Outcome = ctx[node]
+                if not outcome.ok:
+                    failed.append((p, outcome))
+                    continue
+                text = str(outcome.value)
                 trace = ctx.trace(node)
                 points.append(
                     Point(
@@ -183,8 +225,12 @@ class SkeletonOfThought:
                         usage=trace.usage if trace else None,
                     )
                 )
-                pieces.append(_prefill(p) + text + ("" if p.index == last else "\n"))
+                shown = part_text(text, _LEAD)
+                pieces.append(_heading(p) + shown + ("" if p.index == last else "\n"))
+            _check_failed(failed, len(outline.points), ctx)
             details: dict[str, Any] = {"outline_warnings": list(outline.warnings)}
+            if failed:
+                details["failed_points"] = [p.index for p, _ in failed]
             if self.dependencies:
                 details["dependencies"] = {p.index: list(p.needs) for p in outline.points}
             return Result("".join(pieces), points=points, skeleton=raw, details=details)
@@ -203,6 +249,47 @@ class SkeletonOfThought:
             )
 
         return Call("answer", request, then=direct, part=Part((0,)), meta={"fallback": reason})
+
+
+def _check_failed(failed: list[tuple[OutlinePoint, Outcome]], total: int, ctx: NodeContext) -> None:
+    """Warn about each missing point; fail the answer when more than half are missing."""
+    for point, outcome in failed:
+        error = outcome.error
+        why = f"{type(error).__name__}: {error}" if error is not None else "it was cancelled"
+        ctx.warn(
+            f"point {point.index} ({point.title!r}) failed after its retries ({why}); "
+            "the answer was written without it"
+        )
+    if 2 * len(failed) <= total:
+        return
+    first = next((o.error for _, o in failed if o.error is not None), None)
+    if isinstance(first, Exception):
+        # The first point's own error, so its kind (an auth error, a quota) still shows.
+        raise first
+    raise NoAnswerError(f"{len(failed)} of {total} points failed, more than half; no answer")
+
+
+async def server_profile(backend: Backend) -> ServerProfile | None:
+    """The backend's server profile, or ``None`` if it could not be learned (the calls
+    that follow will meet the same problem and report it with their retries)."""
+    try:
+        return await backend.profile()
+    except BackendError:
+        return None
+
+
+def slow_server_warning(profile: ServerProfile, strategy: str) -> str:
+    gain = profile.parallel_gain
+    return (
+        f"{strategy} will be slower than a direct answer here: the backend runs (nearly) "
+        f"one call at a time (parallel gain {gain:.2f}x, {profile.source}), so the points "
+        "are written about one after another after the skeleton; use --strategy auto (or "
+        "direct) here"
+    )
+
+
+def _heading(point: OutlinePoint) -> str:
+    return f"{point.index}. {point.title}"
 
 
 def _prefill(point: OutlinePoint) -> str:

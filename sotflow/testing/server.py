@@ -11,7 +11,16 @@ Run it as ``python -m sotflow.testing --port 0 --ttft 0.25 --tps 50``; it prints
 Replies are produced by a *responder*, a function of the request body that returns
 the reply text; the default writes deterministic filler of ``max_tokens`` words (or
 ``[[tokens=N]]`` when the prompt says so; ``[[echo]]`` echoes the last message). A
-token is one word; a streamed chunk carries one token.
+token is one word; a streamed chunk carries one token. Whatever the responder, a
+prompt that begins ``Count from 1 to N`` is answered by counting, continuing a
+prefilled count where the server honours prefill, as a real model would (clients use
+this to check that a prefill is really continued).
+
+Settings also make it behave like servers we did not write: ``serial`` serves one
+request at a time (others wait), ``interrupt_streams`` then ends a running stream with
+``[DONE]`` and no finish reason when another request arrives (llama-cpp-python's
+default), and ``prefill``, ``n`` and ``stream_usage`` set to false ignore
+``continue_final_message``, ``n`` and ``stream_options.include_usage``.
 
 Requests with ``tools`` or a ``response_format`` are answered in shape whatever the
 responder (``sotflow.testing.structured``): a tool call with arguments that fit the
@@ -27,6 +36,7 @@ import hashlib
 import importlib
 import json
 import random
+import re
 import sys
 import time
 from collections import Counter
@@ -119,6 +129,18 @@ class ServerConfig:
     fault_seed: int = 0
     api_key: str | None = None
     model: str = "loopback"
+    serial: bool = False
+    """Serve one request at a time; the others wait their turn."""
+    interrupt_streams: bool = False
+    """With ``serial``: end a running stream (``[DONE]``, no finish reason) when another
+    request is waiting."""
+    prefill: bool = True
+    """Honour ``continue_final_message``; when false, a final assistant message is taken
+    as an earlier turn and a fresh reply written."""
+    n: bool = True
+    """Honour ``n``; when false, always one choice."""
+    stream_usage: bool = True
+    """Send usage at the end of a stream when ``stream_options.include_usage`` asks."""
 
 
 @dataclass
@@ -165,6 +187,25 @@ def default_responder(body: dict[str, Any], index: int) -> str:
     seed = int.from_bytes(hashlib.blake2b(f"{prompt}|{index}".encode(), digest_size=4).digest())
     rng = random.Random(seed)
     return " ".join(rng.choice(_WORDS) for _ in range(count))
+
+
+_COUNT = re.compile(r"\s*Count from 1 to (\d+)", re.IGNORECASE)
+
+
+def count_reply(body: dict[str, Any], prefill: bool) -> str | None:
+    """A counting prompt's reply: ``1, 2, ..., N``, or the rest of a prefilled count."""
+    messages = body.get("messages") or []
+    users = [m for m in messages if m.get("role") == "user"]
+    match = _COUNT.match(str(users[-1].get("content") or "")) if users else None
+    if match is None:
+        return None
+    numbers = ", ".join(str(i) for i in range(1, min(int(match.group(1)), 1000) + 1))
+    last = messages[-1] if messages else {}
+    if prefill and body.get("continue_final_message") and last.get("role") == "assistant":
+        start = str(last.get("content") or "")
+        if numbers.startswith(start):
+            return numbers[len(start) :]
+    return numbers
 
 
 def _tokens(text: str) -> list[str]:
@@ -232,6 +273,8 @@ class _Server:
         self.stats = _Stats()
         self.rng = random.Random(config.fault_seed)
         self.counter = 0
+        self.turn = asyncio.Lock()  # held while a request is served, in serial mode
+        self.waiting = 0
 
     # -- faults ------------------------------------------------------------------------
 
@@ -320,8 +363,31 @@ class _Server:
             if fault.kind == "delay":
                 await asyncio.sleep(fault.delay_s)
                 fault = None
-        n = int(body.get("n") or 1)
-        replies = [_reply(self.responder, body, i) for i in range(n)]
+        if not self.config.serial:
+            return await self._answer(request, body, fault)
+        self.waiting += 1
+        try:
+            await self.turn.acquire()
+        finally:
+            self.waiting -= 1
+        try:
+            return await self._answer(request, body, fault)
+        finally:
+            self.turn.release()
+
+    async def _answer(
+        self, request: web.Request, body: dict[str, Any], fault: Fault | None
+    ) -> web.StreamResponse:
+        if not self.config.prefill:
+            body = {k: v for k, v in body.items() if k != "continue_final_message"}
+        n = int(body.get("n") or 1) if self.config.n else 1
+        counted = count_reply(body, self.config.prefill)
+        replies = [
+            _Reply(*_apply_limits(counted, body))
+            if counted is not None
+            else _reply(self.responder, body, i)
+            for i in range(n)
+        ]
         self.counter += 1
         cid = f"chatcmpl-{self.counter}"
         if body.get("stream"):
@@ -414,6 +480,13 @@ class _Server:
         for step in range(longest):
             if broken_after is not None and step >= broken_after:
                 break
+            if self.config.interrupt_streams and self.waiting and step > 0:
+                # As llama-cpp-python does: the waiting request takes over, and this
+                # stream ends cleanly, unfinished.
+                buffer.append(b"data: [DONE]\n\n")
+                await response.write(b"".join(buffer))
+                await response.write_eof()
+                return response
             for piece in pieces:
                 if step < len(piece):
                     buffer.append(piece[step])
@@ -437,7 +510,7 @@ class _Server:
         for index, reply in enumerate(replies):
             buffer.append(chunk(index, None, reply.finish))
         include_usage = (body.get("stream_options") or {}).get("include_usage")
-        if include_usage:
+        if include_usage and self.config.stream_usage:
             usage = json.dumps(self.usage(body, replies))
             buffer.append(f'{head}"choices":[],"usage":{usage}}}\n\n'.encode())
         buffer.append(b"data: [DONE]\n\n")

@@ -371,3 +371,55 @@ def test_import_sotflow_does_not_import_torch() -> None:
         "assert 'torch' not in sys.modules and 'transformers' not in sys.modules"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.anyio
+async def test_the_profile_comes_from_the_block_costs_and_auto_follows_it(
+    parts: tuple[object, object],
+) -> None:
+    import sotflow
+    from sotflow.decoding.costs import BlockCosts
+
+    model, tokenizer = parts
+
+    def local(costs: BlockCosts) -> LocalBackend:
+        return LocalBackend.from_model(model, tokenizer, name="tiny", block_costs=costs)
+
+    # 4 requests at once in one batch: a GPU-like machine runs them for the price of
+    # one; a machine where 4 tokens cost 2.2x one gains 1.82x; where each token costs
+    # as much as the first, nothing.
+    free, cpu = local(BlockCosts.flat()), local(BlockCosts((1, 4), (1.0, 2.2)))
+    serial = local(BlockCosts.linear())
+    assert (await free.profile()).parallel_gain == 4.0
+    assert (await cpu.profile()).parallel_gain == pytest.approx(4 / 2.2, abs=0.01)
+    profile = await serial.profile()
+    assert profile.parallel_gain == 1.0 and profile.serialises and profile.probe_calls == 4
+    assert profile.prefill and profile.n and profile.source == "declared"
+    assert free.requests == cpu.requests == serial.requests == 0  # known, not probed
+
+    question = "What are good habits for learning a new language?"  # the rules pick SoT
+    routed = sotflow.Routed(strategies={"direct": sotflow.Direct(max_tokens=4)})
+    async with sotflow.Engine(serial) as engine:
+        answer = await engine.run(routed, question)
+    assert answer.strategy == "direct" and serial.requests == 1  # no skeleton was asked
+    assert answer.decision is not None and "parallel gain 1.00x" in answer.decision.reason
+    async with sotflow.Engine(free) as engine:
+        answer = await engine.run(routed, question)
+    assert answer.decision is not None and answer.decision.strategy == "sot"
+    # Overridable: a profile the user states wins over the costs.
+    free.known_profile = sotflow.ServerProfile(parallel_gain=1.0)
+    assert (await free.profile()).serialises
+
+
+def test_the_parallel_gain_counts_the_trees_a_speculating_row_already_evaluates() -> None:
+    from sotflow.backends.local import parallel_gain
+    from sotflow.decoding.costs import BlockCosts
+
+    # Blocks up to 8 tokens nearly free, then linear: one row's heads fill the cheap
+    # part of a step, so four rows' trees cost far more than four plain rows.
+    costs = BlockCosts((1, 2, 4, 8, 16, 32), (1.0, 1.1, 1.2, 1.5, 3.0, 6.0))
+    plain_gain, one_plain, four_plain = parallel_gain(costs, 4, speculating=False)
+    assert (one_plain, four_plain) == (1, 4) and plain_gain == pytest.approx(4 / 1.2)
+    gain, one, four = parallel_gain(costs, 4, speculating=True)
+    assert one > 1 and four > 4
+    assert 1.0 <= gain < plain_gain

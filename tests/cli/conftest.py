@@ -80,8 +80,14 @@ def loopback(server: LoopbackServer) -> LoopbackServer:
 
 @pytest.fixture
 def env(loopback: LoopbackServer) -> dict[str, str]:
+    # These tests are about the commands' mechanics on a server that runs calls side by
+    # side: its profile is assumed, not measured (7 probe calls would join every count).
+    # Measuring it is tested in tests/integration/test_server_profile.py.
     return clean_env(
-        OPENAI_BASE_URL=loopback.base_url, OPENAI_API_KEY="test-key", SOTFLOW_MODEL="loopback"
+        OPENAI_BASE_URL=loopback.base_url,
+        OPENAI_API_KEY="test-key",
+        SOTFLOW_MODEL="loopback",
+        SOTFLOW_SERVER_PROFILE="assume",
     )
 
 

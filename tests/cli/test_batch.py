@@ -25,7 +25,7 @@ from .conftest import (
 DAG_QUESTION = "Compare renting and buying a home, then recommend one for a young family."
 OUTPUT_FIELDS = (
     "id", "question", "strategy", "answer", "points", "usage", "latency_s", "calls", "retries",
-    "error",
+    "error", "warnings",
 )  # fmt: skip
 
 
@@ -37,9 +37,12 @@ def check_answered(record: dict[str, Any]) -> None:
     assert isinstance(record["question"], str) and record["question"]
     assert record["strategy"] in ("sot", "sot-dag", "direct")
     assert isinstance(record["answer"], str) and record["answer"].strip()
-    usage = record["usage"]
+    usage = dict(record["usage"])
+    # The loopback server reports usage, streamed or not: nothing is estimated.
+    assert usage.pop("estimated") is False
     assert set(usage) == {"prompt_tokens", "completion_tokens", "total_tokens"}
     assert all(isinstance(v, int) and v > 0 for v in usage.values())
+    assert record["warnings"] == []
     assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
     assert isinstance(record["latency_s"], float) and record["latency_s"] > 0
     assert isinstance(record["calls"], int) and record["calls"] >= 1

@@ -119,11 +119,13 @@ def test_bench_prints_a_speedup_table(
     result = cli("bench", "-n", "2", "--prefill")
     assert result.code == 0, result.stderr
     lines = result.stdout.splitlines()
-    assert len(lines) == 3
-    for line in lines[:2]:
+    assert len(lines) == 4
+    # First what is known of the server (assumed here: SOTFLOW_SERVER_PROFILE=assume).
+    assert lines[0].startswith("server: concurrency unknown") and "(assumed)" in lines[0]
+    for line in lines[1:3]:
         assert "direct" in line and " sot " in line and "points)" in line
-    assert lines[2].startswith("median speed-up of sot over a direct answer: ")
-    assert float(lines[2].rsplit(" ", 1)[1].rstrip("x")) > 1.0
+    assert lines[3].startswith("median speed-up of sot over a direct answer: ")
+    assert float(lines[3].rsplit(" ", 1)[1].rstrip("x")) > 1.0
 
     # The user's own questions, from a file: the first -n of them.
     mine = tmp_path / "mine.txt"
@@ -132,6 +134,7 @@ def test_bench_prints_a_speedup_table(
     result = cli("bench", str(mine), "-n", "2", "--prefill", "--json")
     assert result.code == 0, result.stderr
     data = json.loads(result.stdout)
+    assert data["server_profile"]["source"] == "assumed"
     assert [row["question"] for row in data["rows"]] == list(SOT_QUESTIONS[1:3])
     for row in data["rows"]:
         assert row["error"] is None and row["strategy"] == "sot" and row["points"] >= 2
@@ -240,3 +243,28 @@ def test_openai_backend_without_a_key_says_how_to_configure_one(
     )  # fmt: skip
     assert ok.code == 0, ok.stderr
     assert ok.stdout.strip()
+
+
+def test_bench_measures_the_server_once_and_shows_it(
+    cli: Runner, env: dict[str, str], loopback: LoopbackServer, tmp_path: Path
+) -> None:
+    # A server that runs one call at a time, measured by the probe (7 short calls) and
+    # kept in the cache, so the next command does not measure it again.
+    loopback.configure(ttft=0.05, tps=500.0, serial=True)
+    try:
+        probing = {**env, "SOTFLOW_SERVER_PROFILE": "probe", "SOTFLOW_CACHE_DIR": str(tmp_path)}
+        result = cli("bench", "-n", "1", "--json", env_override=probing)
+        assert result.code == 0, result.stderr
+        profile = json.loads(result.stdout)["server_profile"]
+        assert profile["source"] == "probed" and profile["parallel_gain"] < 1.5, profile
+        assert (tmp_path / "server_profiles.json").is_file()
+        loopback.reset()
+        result = cli("bench", "-n", "1", env_override=probing)
+        assert result.code == 0, result.stderr
+        assert "server: runs one call at a time" in result.stdout.splitlines()[0]
+        data_calls = loopback.stats()["requests"]
+        probe_again = cli("bench", "-n", "1", "--json", env_override=probing)
+        assert json.loads(probe_again.stdout)["server_profile"] == profile  # from the cache
+        assert loopback.stats()["requests"] == 2 * data_calls  # no probe calls the 2nd time
+    finally:
+        loopback.configure(serial=False)

@@ -41,7 +41,10 @@ NOT_RUN = {
 
 
 # Sections whose ```python blocks another test runs as written, and which test.
-RUN_ELSEWHERE = {"LangChain": "tests/integrations/test_readme_langchain.py"}
+RUN_ELSEWHERE = {
+    "LangChain": "tests/integrations/test_readme_langchain.py",
+    "On a Ray cluster": "tests/integrations/test_readme_ray.py",
+}
 # Sections whose shell commands need what only their own test sets up (a Ray cluster).
 SHELL_RUN_ELSEWHERE = {"On a Ray cluster": "tests/integrations/test_readme_ray.py"}
 
@@ -83,7 +86,7 @@ def test_every_python_block_is_run_here_or_by_its_sections_own_test() -> None:
     assert PYTHON and sections - set(RUN_ELSEWHERE), "some blocks are run here"
     for heading, test in RUN_ELSEWHERE.items():
         assert heading in sections, f"no python block under {heading!r} any more"
-        assert f"### {heading}\\n" in (ROOT / test).read_text(encoding="utf-8"), test
+        assert f"# {heading}\\n" in (ROOT / test).read_text(encoding="utf-8"), test
 
 
 def needs_a_local_model(code: str) -> bool:

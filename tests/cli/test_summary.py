@@ -67,10 +67,27 @@ def test_summary_matches_the_records(
     p50, p95 = (float(x) for x in found["latency"])
     assert p50 == pytest.approx(statistics.median(latencies), abs=0.006)
     assert min(latencies) - 0.006 <= p50 <= p95 <= max(latencies) + 0.006
-    # gpt-4o-mini has a known price: $0.15 / $0.60 per million prompt / completion tokens.
-    cost = (prompt * 0.15 + completion * 0.60) / 1e6
+    # gpt-4o-mini has a published price, but only on OpenAI's own endpoint: this server
+    # is not it, and what it charges is unknown.
     (cost_line,) = found["cost"]
+    assert cost_line.startswith("unknown (no known price for 'gpt-4o-mini' at 127.0.0.1:")
+    assert "--price-in and --price-out" in cost_line
+    # Prices given for the run apply anywhere.
+    result = cli(
+        "batch", str(source), "-o", str(out), "--prefill", "--model", "gpt-4o-mini",
+        "--overwrite", "--price-in", "0.15", "--price-out", "0.6",
+    )  # fmt: skip
+    records = read_records(out)
+    prompt = sum(r["usage"]["prompt_tokens"] for r in records)
+    completion = sum(r["usage"]["completion_tokens"] for r in records)
+    cost = (prompt * 0.15 + completion * 0.60) / 1e6
+    assert result.code == 0, result.stderr  # the fault was spent on the first run
+    match = re.search(r"cost: (.+)", result.stderr)
+    assert match is not None, result.stderr
+    cost_line = match.group(1)
     assert cost_line.startswith(f"${cost:,.4f} (gpt-4o-mini at $0.15 / $0.6 per million")
+    half = cli("batch", str(source), "-o", str(out), "--overwrite", "--price-in", "1")
+    assert half.code == 2 and "--price-out" in half.stderr
 
 
 def test_prices_file_overrides_and_extends_the_table(
@@ -83,7 +100,7 @@ def test_prices_file_overrides_and_extends_the_table(
 
     result = cli(*base)  # SOTFLOW_MODEL=loopback: no price known
     assert result.code == 0, result.stderr
-    assert "cost: unknown for 'loopback' (add it with --prices FILE)" in result.stderr
+    assert "cost: unknown (no known price for 'loopback' at 127.0.0.1:" in result.stderr
 
     result = cli(*base, "--overwrite", "--prices", str(prices))
     assert result.code == 0, result.stderr
@@ -173,3 +190,19 @@ def test_a_local_model_costs_nothing_and_an_unknown_api_model_says_how_to_price_
     # 10 prompt tokens at $1,000 and 20 completion tokens at $2,000 per million: $0.05.
     priced = stats.summary("m", {"m": (1000.0, 2000.0)})
     assert "cost: $0.0500 (m at $1000 / $2000" in priced
+
+
+def test_published_prices_apply_on_their_providers_endpoint_only_and_estimates_say_so() -> None:
+    from sotflow.cli.report import BatchStats
+
+    stats = BatchStats(total=1)
+    stats.add({"usage": {"prompt_tokens": 1_000_000, "completion_tokens": 0}})
+    openai_url = "https://api.openai.com/v1"
+    assert "cost: $0.1500 (gpt-4o-mini" in stats.summary("gpt-4o-mini", {}, base_url=openai_url)
+    elsewhere = stats.summary("gpt-4o-mini", {}, base_url="http://127.0.0.1:8080/v1")
+    assert "cost: unknown (no known price for 'gpt-4o-mini' at 127.0.0.1:8080)" in elsewhere
+    assert "estimated" not in elsewhere
+    stats.add({"usage": {"prompt_tokens": 10, "completion_tokens": 5, "estimated": True}})
+    estimated = stats.summary("gpt-4o-mini", {}, base_url=openai_url)
+    assert "estimated: the server reported no usage" in estimated
+    assert "cost: about $" in estimated

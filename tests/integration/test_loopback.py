@@ -228,7 +228,7 @@ async def test_retry_after_is_capped(server: LoopbackServer) -> None:
 @pytest.mark.anyio
 async def test_backoff_without_headers(server: LoopbackServer) -> None:
     server.inject(Fault("status", status=500, times=2), Fault("status", status=502))
-    policy = RetryPolicy(initial_wait_s=0.05, max_wait_s=5, jitter_s=0)
+    policy = RetryPolicy(initial_wait_s=0.05, max_wait_s=5, jitter_s=0, spread=0)
     answer, events, elapsed = await timed_run(server, policy)
     assert answer.ok and answer.attempts == 4
     assert waits(events) == pytest.approx([0.05, 0.1, 0.2])

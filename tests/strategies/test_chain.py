@@ -143,7 +143,7 @@ async def test_an_embedded_sot_as_last_step_streams_its_points() -> None:
     assert "".join(pieces) == answer.text
     assert re.match(r"1\. Sleep - short detail\.\n2\. Move", answer.text)
     assert [p.title for p in answer.points or []] == ["Sleep", "Move", "Eat well"]
-    assert pieces[0] == "1. Sleep -"  # the first point's heading, streamed as a part
+    assert pieces[0] == "1. Sleep"  # the first point's heading, streamed as a part
 
 
 @pytest.mark.anyio

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
 
+from sotflow.openai_wire import cut_prefill_echo
 from sotflow.strategies.outline import parse_outline
+from sotflow.strategies.skeleton import SkeletonOfThought
 
 
 def titles(text: str, **kw: object) -> list[str]:
@@ -164,3 +167,77 @@ def test_outputs_of_the_real_small_model_parse_into_several_clean_points() -> No
             assert point.title and "\n" not in point.title
             assert not (point.title[0].isdigit() and point.title[1:2] in {".", ")"})
             assert len(point.title) <= 120
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        # A number alone on its line, the title on the next (SmolLM2 at temperature 0).
+        ("1.\nRelaxation\n2.\nExercise\n3.\nSleep", ["Relaxation", "Exercise", "Sleep"]),
+        ("1. \nRelaxation\n\n2. \nExercise", ["Relaxation", "Exercise"]),
+        # Doubled numbering, also in brackets; a line of nothing but numbers is no point.
+        ("1. 1. Relaxation\n2. 2. Exercise", ["Relaxation", "Exercise"]),
+        ("1. [1] Streams;\n2. [2] Functions;", ["Streams", "Functions"]),
+        ("1. 1. 1. 1. 1. 1", []),
+        # Bullets, "Point 1:", bold titles, trailing colons.
+        ("* Relaxation\n* Exercise", ["Relaxation", "Exercise"]),
+        ("Point 1: Relaxation\nPoint 2: Exercise", ["Relaxation", "Exercise"]),
+        ("**Point 1:** Relaxation\n**Point 2:** Exercise", ["Relaxation", "Exercise"]),
+        ("1. **Relaxation**: breathe\n2. **Exercise**:", ["Relaxation", "Exercise"]),
+        ("1. Relaxation:\n2. Exercise:", ["Relaxation", "Exercise"]),
+        # A stray preamble fused to the forced "1." (no prefill: the model wrote its own).
+        ("1.Sure! Here is the outline:\n1. Relaxation\n2. Exercise", ["Relaxation", "Exercise"]),
+        (
+            "1.Python vs. JavaScript: 1. Syntax, 2. Speed 3. Tooling",
+            ["Syntax", "Speed", "Tooling"],
+        ),
+    ],
+)
+def test_shapes_real_small_models_write(text: str, expected: list[str]) -> None:
+    assert titles(text) == expected
+
+
+def test_repeats_are_dropped_before_the_cap_so_distinct_points_are_kept() -> None:
+    lines = [f"{i}. {t}" for i, t in enumerate("ABCDEFAGHIJ", start=1)]
+    assert titles("\n".join(lines), max_points=10) == list("ABCDEFGHIJ")
+
+
+REAL = Path(__file__).parents[1] / "data" / "real_skeletons.jsonl"
+ROWS = [json.loads(line) for line in REAL.read_text().splitlines() if line.strip()]
+
+
+def _pipeline_text(row: dict[str, object]) -> str:
+    """What SoT's skeleton call returns for this reply: the reply itself where the
+    backend continued the prefill, otherwise the reply with its echo of ``1.`` cut, as
+    the OpenAI backend cuts it."""
+    reply = str(row["reply"])
+    return reply if row["prefilled"] else str(cut_prefill_echo(reply, str(row["prefill"])))
+
+
+def test_the_collected_skeletons_cover_both_runtimes_and_temperatures() -> None:
+    labelled = [r for r in ROWS if r["points"] is not None]
+    assert len(labelled) >= 40
+    assert {r["source"] for r in labelled} >= {"torch", "llama.cpp", "llama-cpp-python-server"}
+    assert {r["temperature"] for r in labelled} >= {0.0, 0.8}
+
+
+def test_at_least_95_percent_of_real_skeletons_parse_to_the_labelled_count() -> None:
+    strategy = SkeletonOfThought()
+    wrong = []
+    labelled = [r for r in ROWS if r["points"] is not None]
+    for row in labelled:
+        _, outline = strategy.parse(_pipeline_text(row))
+        if len(outline.points) != row["points"]:
+            wrong.append((row["source"], row["temperature"], row["question"][:40], outline))
+        for point in outline.points:
+            assert point.title and "\n" not in point.title and len(point.title) <= 120
+            assert not re.match(r"\d+[.)]", point.title), point
+    assert len(wrong) <= 0.05 * len(labelled), wrong
+
+
+def test_a_last_line_cut_off_while_repeating_an_earlier_point_is_dropped() -> None:
+    text = "1. Sleep well\n2. Eat well\n3. Sleep we"
+    assert titles(text) == ["Sleep well", "Eat well"]
+    # A cut-off line that starts a new point is kept, and so is a prefix before the end.
+    assert titles("1. Sleep well\n2. Eat well\n3. Exerc") == ["Sleep well", "Eat well", "Exerc"]
+    assert titles("1. Sleep\n2. Sleep well\n3. Eat well") == ["Sleep", "Sleep well", "Eat well"]

@@ -73,6 +73,44 @@ async def test_early_stop_cancels_samples_that_cannot_change_the_winner() -> Non
 
 
 @pytest.mark.anyio
+async def test_a_cancelled_stream_is_charged_the_tokens_it_sent() -> None:
+    # Providers bill what they streamed before a cancel. The slow samples stream 20
+    # words each before the fast ones answer; then early stopping cancels them.
+    import anyio
+
+    streamed: dict[str, int] = {}
+    enough = anyio.Event()
+    slow = {6, 7, 8}
+
+    def seen(event: sotflow.Event) -> None:
+        if isinstance(event, sotflow.TextDelta) and event.node.endswith(("6", "7", "8")):
+            streamed[event.node] = streamed.get(event.node, 0) + 1
+            if len(streamed) == 3 and min(streamed.values()) >= 20:
+                enough.set()
+
+    async def script(request: Request) -> sotflow.Reply:
+        seed = request.params.seed
+        assert seed is not None
+        if seed in slow:
+            return sotflow.Reply(" ".join(["word"] * 1000), token_delay_s=0.002)
+        await enough.wait()
+        return sotflow.Reply(f"Reasoning {seed}.\nAnswer: 42")
+
+    backend = sotflow.ScriptedBackend(script)
+    async with sotflow.Engine(backend) as engine:
+        answer = await engine.run(SelfConsistency(8, seed=1), "Q?", on_event=seen)
+    assert answer.details["cancelled"] == [6, 7, 8] and backend.cancelled == 3
+    trace = answer.trace
+    assert trace is not None
+    done = sum(trace.node(f"sample{i}").usage.total_tokens for i in range(1, 6))  # type: ignore[union-attr]
+    for i in slow:
+        usage = trace.node(f"sample{i}").usage
+        # At least the 20 words seen (5 characters each, about a token each), estimated.
+        assert usage is not None and usage.estimated and usage.completion_tokens >= 20
+    assert answer.usage.estimated and answer.usage.total_tokens > done
+
+
+@pytest.mark.anyio
 async def test_no_early_stop_while_the_leader_can_still_be_caught() -> None:
     # Four votes for 42 with four still out: a 4-4 tie is possible, so everything runs
     # (and the tie then goes to 42, the answer of the lowest-numbered sample).

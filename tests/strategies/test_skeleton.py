@@ -10,6 +10,7 @@ import pytest
 import sotflow
 from sotflow.events import AnswerDelta, AnswerReset, NodeFinished, RunFinished
 from sotflow.types import Request
+from tests.support import answer_text
 
 SKELETON = " Plan the day\n2. Cut distractions\n3. Take breaks\n4. Review each week"
 
@@ -135,7 +136,7 @@ async def test_streamed_answer_comes_in_reading_order_while_points_run() -> None
     # Points 2-4 were done before point 1 wrote anything, yet the text starts with point 1,
     # whose heading is out at once and whose words follow as they are written.
     assert {"p2", "p3", "p4"} <= finished_before_point_1_text
-    assert pieces[:3] == ["1. Plan the day -", " detail", " 1"]
+    assert pieces[:3] == ["1. Plan the day", " - detail", " 1"]
     assert re.match(r"1\. Plan the day - detail 1 here\.\n2\. ", answer.text)
 
 
@@ -191,21 +192,57 @@ def test_a_template_with_an_unknown_placeholder_says_which() -> None:
         strategy.build("Q?", sotflow.BuildContext(sotflow.ScriptedBackend(["x"])))
 
 
-@pytest.mark.anyio
-async def test_a_failed_point_fails_the_answer_with_its_error() -> None:
+def failing_points(*numbers: int):
+    """The scripted model, with the points numbered ``numbers`` failing for good."""
+
     def script(request: Request) -> object:
         if request.prefill == "1.":
             return SKELETON
-        if request.prefill and request.prefill.startswith("2."):
+        if request.prefill and point_number(request) in numbers:
             return sotflow.BadRequestError("context too long", status_code=400)
-        return " fine."
+        return f" detail {point_number(request)}."
 
-    backend = sotflow.ScriptedBackend(script)
+    return script
+
+
+@pytest.mark.anyio
+async def test_a_failed_point_is_left_out_with_a_warning() -> None:
+    backend = sotflow.ScriptedBackend(failing_points(2))
+    events: list[sotflow.Event] = []
+    async with sotflow.Engine(backend) as engine:
+        answer = await engine.run(sotflow.SkeletonOfThought(), "Q?", on_event=events.append)
+    assert answer.ok, answer.error
+    assert answer.text == (
+        "1. Plan the day - detail 1.\n3. Take breaks - detail 3.\n4. Review each week - detail 4."
+    )
+    assert [p.index for p in answer.points or []] == [1, 3, 4]
+    assert answer.details["failed_points"] == [2]
+    assert answer.trace is not None
+    (warning,) = [w for w in answer.trace.warnings if "point 2" in w]
+    assert "'Cut distractions'" in warning and "BadRequestError: context too long" in warning
+    assert answer.warnings == answer.trace.warnings
+    # The streamed answer is the written one: the failed point's text never shows.
+    assert answer_text(events) == answer.text
+
+
+@pytest.mark.anyio
+async def test_half_the_points_failing_still_gives_an_answer() -> None:
+    backend = sotflow.ScriptedBackend(failing_points(1, 4))
+    async with sotflow.Engine(backend) as engine:
+        answer = await engine.run(sotflow.SkeletonOfThought(), "Q?")
+    assert answer.ok and [p.index for p in answer.points or []] == [2, 3]
+
+
+@pytest.mark.anyio
+async def test_more_than_half_the_points_failing_fails_the_answer_with_their_error() -> None:
+    backend = sotflow.ScriptedBackend(failing_points(1, 2, 4))
     async with sotflow.Engine(backend) as engine:
         with pytest.raises(sotflow.BadRequestError, match="context too long"):
             await engine.run(sotflow.SkeletonOfThought(), "Q?")
         answers = await engine.batch(sotflow.SkeletonOfThought(), ["Q?"])
     assert answers[0].error is not None and answers[0].error.type == "BadRequestError"
+    assert answers[0].trace is not None
+    assert sum("failed after its retries" in w for w in answers[0].trace.warnings) == 3
 
 
 @pytest.mark.anyio
@@ -260,3 +297,26 @@ async def test_run_can_be_cancelled_mid_expansion() -> None:
         tg.cancel_scope.cancel()
     assert backend.in_flight == 0
     assert backend.cancelled == 4
+
+
+@pytest.mark.anyio
+async def test_points_join_their_heading_with_one_space_whatever_the_model_put_first() -> None:
+    # Real small models continue "3. Title -" with " \nA ..." or "\n\nA ..." (issue 13):
+    # the stray break is replaced by one space, live and in the written answer alike;
+    # a point that came back empty keeps its heading without a dangling dash.
+    texts = {1: " \nFirst detail.", 2: "\n  Second detail.", 3: "", 4: "   "}
+
+    def script(request: Request) -> sotflow.Reply:
+        if request.prefill == "1.":
+            return sotflow.Reply(SKELETON)
+        return sotflow.Reply(texts[point_number(request)], token_delay_s=0.001)
+
+    events: list[sotflow.Event] = []
+    async with sotflow.Engine(sotflow.ScriptedBackend(script)) as engine:
+        answer = await engine.run(sotflow.SkeletonOfThought(), "Q?", on_event=events.append)
+    assert answer.text == (
+        "1. Plan the day - First detail.\n2. Cut distractions - Second detail.\n"
+        "3. Take breaks\n4. Review each week"
+    )
+    assert answer_text(events) == answer.text
+    assert [p.text for p in answer.points or []] == ["First detail.", "Second detail.", "", ""]
