@@ -150,30 +150,13 @@ class _LoopState:
         self.lock = anyio.Lock()
 
 
-# What a row's draft-head guesses are accepted with, best first: about the held-out
-# top-1 of the bundled heads 1-3 (sotflow/decoding/weights/README.md), then their
-# less likely siblings and deeper nodes. Only the shape matters: how many nodes the
-# step plan thinks worth evaluating for one row and for several.
-TYPICAL_NODE_ACCEPTANCE = (0.57, 0.36, 0.27, 0.15, 0.1, 0.08, 0.05, 0.04)
-
-
 def parallel_gain(costs: BlockCosts, calls: int, speculating: bool) -> tuple[float, int, int]:
     """Throughput of ``calls`` greedy rows over one row's, planned as the decoder plans
     a step (``decoding.costs.plan``); with the tokens each evaluates a step."""
-    from ..decoding.costs import plan
+    from ..decoding.costs import typical_plan
 
-    def best(rows: int) -> tuple[float, int]:
-        nodes = sorted(
-            ((p, 1) for p in TYPICAL_NODE_ACCEPTANCE * rows if speculating),
-            key=lambda node: -node[0],
-        )
-        k = plan(rows, nodes, costs)
-        tokens = rows + k
-        expected = rows + sum(p for p, _ in nodes[:k])
-        return expected / costs(tokens), tokens
-
-    single, one = best(1)
-    batched, many = best(calls)
+    single, one = typical_plan(1, costs, speculating)
+    batched, many = typical_plan(calls, costs, speculating)
     return (batched / single if single > 0 else 1.0), one, many
 
 

@@ -39,7 +39,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from .costs import BlockCosts, plan
+from .costs import BlockCosts, plan, typical_plan
 from .heads import DraftHeads
 from .jacobi import JacobiGuess
 from .lookahead import LookaheadWindow, NgramPool, window_layout
@@ -749,7 +749,13 @@ class BatchDecoder:
                 out_count += width
             seqs += [row.seq] * (len(tokens) - len(seqs))
         batch = TokenBatch(tokens, positions, seqs, parents, outputs)
-        want_hidden = self.heads is not None and self._heads_active()
+        # Hidden states and the heads' matmuls cost time of their own: not spent where
+        # even typical guesses could not pay at this batch size (many rows on a CPU).
+        want_hidden = (
+            self.heads is not None
+            and typical_plan(len(rows), self.costs)[1] > len(rows)
+            and self._heads_active()
+        )
         began = time.perf_counter()
         out = self.runtime.evaluate(batch, hidden=want_hidden)
         argmax = out.argmax()

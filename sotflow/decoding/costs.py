@@ -219,3 +219,22 @@ def plan(
         if ratio > best_ratio * (1 + 1e-9):
             best_ratio, best = ratio, i + 1
     return best
+
+
+# What a row's draft-head guesses are accepted with, best first: about the held-out
+# top-1 of the bundled heads 1-3 (sotflow/decoding/weights/README.md), then their
+# less likely siblings and deeper nodes. Only the shape matters: whether, and how far,
+# the step plan finds speculating worth it for a number of rows.
+TYPICAL_NODE_ACCEPTANCE = (0.57, 0.36, 0.27, 0.15, 0.1, 0.08, 0.05, 0.04)
+
+
+def typical_plan(rows: int, costs: BlockCosts, speculating: bool = True) -> tuple[float, int]:
+    """Expected new tokens per unit of cost for ``rows`` greedy rows whose heads guess
+    as well as typical heads do, and the tokens a step then evaluates."""
+    nodes = sorted(
+        ((p, 1) for p in TYPICAL_NODE_ACCEPTANCE * rows if speculating),
+        key=lambda node: -node[0],
+    )
+    k = plan(rows, nodes, costs)
+    expected = rows + sum(p for p, _ in nodes[:k])
+    return expected / costs(rows + k), rows + k
