@@ -12,7 +12,10 @@ token ids (sotflow's chat template, tokenised once):
 - in a fresh process with no cache: load time and peak RSS of loading ``smollm2`` and
   answering one question.
 
-Rounds alternate which side runs first; figures are medians over rounds.
+Rounds alternate which side runs first; figures are medians over rounds. The baselines
+run on sotflow's model thread, as its own calls do: this llama.cpp is built with
+OpenMP, and a second thread calling into it gets a second team of spinning OpenMP
+threads that slows both sides (seen here: the same greedy stream at 23-80 tokens/s).
 
     python benchmarks/llama_cpp_runtime.py --rounds 5 \\
         --json benchmarks/results/llama_cpp_runtime.json
@@ -21,6 +24,7 @@ Rounds alternate which side runs first; figures are medians over rounds.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import statistics
@@ -36,6 +40,7 @@ import numpy as np
 
 import sotflow
 from sotflow.backends.local import LocalBackend
+from sotflow.decoding.threads import on_model_thread
 
 PROMPTS = [
     "How can I improve my time management?",
@@ -128,7 +133,14 @@ async def one_stream(backend: LocalBackend, llm: Any, args: argparse.Namespace) 
                 ids = backend.encode(request)
                 began = time.perf_counter()
                 if who == "llama-cpp-python":
-                    out = llm.create_completion(ids, max_tokens=args.max_tokens, temperature=0.0)
+                    out = on_model_thread(
+                        functools.partial(
+                            llm.create_completion,
+                            ids,
+                            max_tokens=args.max_tokens,
+                            temperature=0.0,
+                        )
+                    )
                     tokens += out["usage"]["completion_tokens"]
                 else:
                     backend.set_decoding("plain" if who == "plain" else default_mode)
@@ -156,7 +168,7 @@ async def eight_at_once(
         for who in ["own", "ours"] if r % 2 == 0 else ["ours", "own"]:
             began = time.perf_counter()
             if who == "own":
-                tokens = own.generate(prompts, args.max_tokens)
+                tokens = on_model_thread(own.generate, prompts, args.max_tokens)
                 theirs.append(tokens / (time.perf_counter() - began))
             else:
                 totals: list[int] = []

@@ -94,11 +94,20 @@ class ServerProfile:
     """What the probe or real calls found worth saying (e.g. "--prefill was ignored")."""
     measured_at: float | None = None
     """Wall-clock time (``time.time()``) of the measurement, for caches."""
+    sot_min_gain: float | None = None
+    """The parallel gain SoT needs on this backend to beat a direct answer, where it
+    is known to differ from ``SERIAL_GAIN`` (a model batched in this process)."""
 
     @property
     def serialises(self) -> bool:
         """The server was seen to run one call at a time."""
         return self.parallel_gain is not None and self.parallel_gain < SERIAL_GAIN
+
+    @property
+    def sot_pays(self) -> bool:
+        """Skeleton-of-Thought's parallel points can beat a direct answer here."""
+        needed = self.sot_min_gain if self.sot_min_gain is not None else SERIAL_GAIN
+        return self.parallel_gain is None or self.parallel_gain >= needed
 
     def replace(self, **changes: Any) -> ServerProfile:
         return dataclasses.replace(self, **changes)

@@ -83,7 +83,8 @@ class Routed:
         elif isinstance(strategy, SkeletonOfThought):
             profile = await server_profile(strategy.expand_backend or ctx.backend)
             gain = profile.parallel_gain if profile is not None else None
-            if gain is not None and gain < self.min_parallel_gain:
+            needed = max(self.min_parallel_gain, (profile and profile.sot_min_gain) or 0.0)
+            if gain is not None and gain < needed:
                 why = (
                     f"the backend runs (nearly) one call at a time (parallel gain "
                     f"{gain:.2f}x), so {decision.strategy} would be slower; answered directly"

@@ -126,7 +126,7 @@ class SkeletonOfThought:
             profile = await server_profile(points_backend)
             if expand_backend is not None:
                 await server_profile(ctx.backend)
-            if profile is not None and profile.serialises:
+            if profile is not None and not profile.sot_pays:
                 ctx.warn(slow_server_warning(profile, self.name))
             return request
 
@@ -280,6 +280,13 @@ async def server_profile(backend: Backend) -> ServerProfile | None:
 
 def slow_server_warning(profile: ServerProfile, strategy: str) -> str:
     gain = profile.parallel_gain
+    if not profile.serialises:
+        return (
+            f"{strategy} will be slower than a direct answer here: batching its points "
+            f"gains {gain:.2f}x ({profile.source}), less than the {profile.sot_min_gain:.2f}x "
+            "it needs to pay for the skeleton and its extra tokens; use --strategy auto "
+            "(or direct) here"
+        )
     return (
         f"{strategy} will be slower than a direct answer here: the backend runs (nearly) "
         f"one call at a time (parallel gain {gain:.2f}x, {profile.source}), so the points "

@@ -406,6 +406,17 @@ async def test_the_profile_comes_from_the_block_costs_and_auto_follows_it(
     async with sotflow.Engine(free) as engine:
         answer = await engine.run(routed, question)
     assert answer.decision is not None and answer.decision.strategy == "sot"
+    # 1.82x is no serial server, but in-process SoT needs more to pay for its skeleton.
+    cpu_profile = await cpu.profile()
+    assert not cpu_profile.serialises and not cpu_profile.sot_pays
+    async with sotflow.Engine(cpu) as engine:
+        answer = await engine.run(routed, question)
+        assert answer.strategy == "direct"
+        assert answer.decision is not None and "parallel gain 1.82x" in answer.decision.reason
+        sot = await engine.run(
+            sotflow.SkeletonOfThought(max_points=3, point_max_tokens=4), question
+        )
+    assert any("less than the 2.50x" in w for w in sot.warnings), sot.warnings
     # Overridable: a profile the user states wins over the costs.
     free.known_profile = sotflow.ServerProfile(parallel_gain=1.0)
     assert (await free.profile()).serialises
