@@ -24,10 +24,7 @@ import argparse
 import json
 import os
 import platform
-import selectors
 import statistics
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -37,37 +34,17 @@ import httpx
 import openai
 
 from sotflow.testing import LoopbackServer
+from sotflow.testing.proxy import ProxyProcess
 
 RESPONDER = "sotflow.testing.responders:sot_responder"
 DATA = Path(__file__).resolve().parents[1] / "data" / "router" / "vicuna80.jsonl"
 
 
-class Proxy:
-    """``python -m sotflow.serve --upstream URL`` in a subprocess."""
-
-    def __init__(self, upstream: str, *args: str) -> None:
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "sotflow.serve", "--upstream", upstream, "--port", "0", *args],
-            stdout=subprocess.PIPE,
-            text=True,
-            env={**os.environ, "OPENAI_API_KEY": "bench", "PYTHONUNBUFFERED": "1"},
-        )
-        assert self.process.stdout is not None
-        with selectors.DefaultSelector() as selector:
-            selector.register(self.process.stdout, selectors.EVENT_READ)
-            ready = selector.select(60)
-        line = self.process.stdout.readline() if ready else ""
-        if " on http" not in line:
-            self.stop()
-            raise SystemExit(f"the proxy did not start: {line!r}")
-        self.url = line.strip().rsplit(" ", 1)[-1]
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            self.process.wait(timeout=20)
-        if self.process.stdout is not None:
-            self.process.stdout.close()
+def Proxy(upstream: str, *args: str) -> ProxyProcess:
+    """``python -m sotflow.serve --upstream URL`` in a subprocess, its log let through."""
+    return ProxyProcess(
+        "--upstream", upstream, *args, env={"OPENAI_API_KEY": "bench"}, capture_stderr=False
+    )
 
 
 def questions(n: int) -> list[str]:

@@ -21,6 +21,9 @@ def backend() -> Iterator[sotflow.OpenAIBackend]:
         yield sotflow.OpenAIBackend()
         return
     responder = "sotflow.testing.responders:sot_responder"
-    with LoopbackServer(ttft=0.25, tps=50, responder=responder) as server:
+    # Paced like a hosted API; SOTFLOW_EXAMPLES_TPS speeds the simulated tokens up
+    # (the test suite runs every example and need not wait for them).
+    tps = float(os.environ.get("SOTFLOW_EXAMPLES_TPS", "50"))
+    with LoopbackServer(ttft=0.25, tps=tps, responder=responder) as server:
         print(f"(no API configured: using the loopback server at {server.base_url})\n")
         yield sotflow.OpenAIBackend(model="loopback", base_url=server.base_url, prefill=True)

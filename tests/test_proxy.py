@@ -4,7 +4,6 @@ server, driven by the official ``openai`` SDK and plain HTTP over 127.0.0.1."""
 from __future__ import annotations
 
 import os
-import selectors
 import subprocess
 import sys
 import time
@@ -17,53 +16,12 @@ import pytest
 
 from sotflow.strategies.registry import STRATEGY_NAMES
 from sotflow.testing import Fault, LoopbackServer
+from sotflow.testing.proxy import ProxyProcess as Proxy
 
 UPSTREAM_KEY = "sk-upstream-secret-0123456789"
 CLIENT_KEY = "sk-client-key-abcdef"
 SOT = "sotflow.testing.responders:sot_responder"
 QUESTION = [{"role": "user", "content": "How can I improve my time management?"}]
-
-
-class Proxy:
-    """``python -m sotflow.serve`` in a subprocess; ``url`` once it prints where it serves."""
-
-    def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "sotflow.serve", "--port", "0", *args],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
-        )
-        assert self.process.stdout is not None
-        with selectors.DefaultSelector() as selector:
-            selector.register(self.process.stdout, selectors.EVENT_READ)
-            ready = selector.select(60)
-        line = self.process.stdout.readline() if ready else ""
-        if " on http" not in line:
-            self.stop()
-            raise RuntimeError(f"the proxy did not start: {line!r} {self.stderr()}")
-        self.url = line.strip().rsplit(" ", 1)[-1]
-
-    def stderr(self) -> str:
-        if self.process.poll() is None or self.process.stderr is None:
-            return ""
-        return self.process.stderr.read()
-
-    def stop(self) -> str:
-        """Stops it; returns everything it wrote to stderr (its log)."""
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        err = self.process.stderr.read() if self.process.stderr else ""
-        for stream in (self.process.stdout, self.process.stderr):
-            if stream is not None:
-                stream.close()
-        return err
 
 
 @pytest.fixture(scope="module")

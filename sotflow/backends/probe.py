@@ -24,13 +24,16 @@ import json
 import os
 import re
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
 
-from ..errors import BadRequestError
+from ..errors import BackendError, BadRequestError
 from .base import PARALLEL_CALLS, ServerProfile
+
+T = TypeVar("T")
 
 if TYPE_CHECKING:
     from .openai import OpenAIBackend
@@ -102,8 +105,12 @@ async def _prefill_and_usage(
     text: list[str] = []
     usage = False
     try:
-        async with backend.limiter.slot(PROBE_TOKENS):
-            chunks = [chunk async for chunk in backend._raw_stream(body)]
+
+        async def call() -> list[dict[str, Any]]:
+            async with backend.limiter.slot(PROBE_TOKENS):
+                return [chunk async for chunk in backend._raw_stream(body)]
+
+        chunks = await _retrying(call)
         for chunk in chunks:
             if chunk.get("usage"):
                 usage = True
@@ -128,12 +135,32 @@ async def _n(backend: OpenAIBackend, notes: list[str]) -> bool | None:
         "temperature": 0.8,
     }
     try:
-        async with backend.limiter.slot(PROBE_TOKENS):
-            data = await backend._raw_complete(body)
+
+        async def call() -> dict[str, Any]:
+            async with backend.limiter.slot(PROBE_TOKENS):
+                return await backend._raw_complete(body)
+
+        data = await _retrying(call)
     except BadRequestError as exc:
         notes.append(f"the server refused n=2: {exc}")
         return False
     return len(data.get("choices") or ()) >= 2
+
+
+PROBE_ATTEMPTS = 3
+
+
+async def _retrying(call: Callable[[], Awaitable[T]]) -> T:
+    """One probe call, tried again after a transient fault (a 429, a 5xx, a broken
+    stream): the probe measures the server, and one unlucky reply must not decide it."""
+    for attempt in range(PROBE_ATTEMPTS):
+        try:
+            return await call()
+        except BackendError as exc:
+            if not exc.retryable or attempt == PROBE_ATTEMPTS - 1:
+                raise
+            await anyio.sleep(min(exc.retry_after or 0.25 * 2**attempt, 2.0))
+    raise AssertionError("unreachable")
 
 
 async def _parallel_gain(
@@ -147,9 +174,12 @@ async def _parallel_gain(
     }
 
     async def one() -> int:
-        # Probes are calls on the user's server like any other: inside its limits.
-        async with backend.limiter.slot(tokens):
-            return _tokens(await backend._raw_complete(body))
+        async def call() -> int:
+            # Probes are calls on the user's server like any other: inside its limits.
+            async with backend.limiter.slot(tokens):
+                return _tokens(await backend._raw_complete(body))
+
+        return await _retrying(call)
 
     start = time.perf_counter()
     alone = await one()
@@ -161,9 +191,15 @@ async def _parallel_gain(
         )
         return None
     counts: list[int] = []
+    failed: list[BackendError] = []
 
     async def collect() -> None:
-        counts.append(await one())
+        # Kept, not raised in the task group: the caller gets the BackendError itself,
+        # not an ExceptionGroup around it.
+        try:
+            counts.append(await one())
+        except BackendError as exc:
+            failed.append(exc)
 
     if calls < 2:
         notes.append("one call in flight allowed (max_concurrency=1): nothing to measure")
@@ -173,6 +209,8 @@ async def _parallel_gain(
         for _ in range(calls):
             tg.start_soon(collect)
     together_s = time.perf_counter() - start
+    if failed:
+        raise failed[0]
     if alone_s <= 0 or together_s <= 0:
         return None
     gain = (sum(counts) / together_s) / (alone / alone_s)

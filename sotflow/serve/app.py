@@ -213,7 +213,14 @@ class _Server:
     def _failed(self, exc: BaseException, strategy: str, ident: str) -> web.Response:
         failure = failure_of(exc, self.redact)
         if failure.status >= 500:
-            log.warning("run %s failed: %s %s", ident, failure.status, failure.message)
+            # An internal error is a bug of ours: its traceback belongs in the log.
+            log.warning(
+                "run %s failed: %s %s",
+                ident,
+                failure.status,
+                failure.message,
+                exc_info=exc if failure.status == 500 else None,
+            )
         return failure.response(self._headers(strategy, ident))
 
     async def _stream(

@@ -224,3 +224,25 @@ async def test_an_estimated_usage_says_so(like: Any) -> None:
     # Cut by the limit, so exactly max_tokens, whatever the characters suggest.
     assert usage.completion_tokens == 8
     assert isinstance(ServerProfile().to_dict(), dict)
+
+
+@pytest.mark.anyio
+async def test_a_transient_fault_during_the_probe_is_retried_a_lasting_one_raised_plainly(
+    like: Any,
+) -> None:
+    from sotflow.errors import ProviderError
+    from sotflow.testing import Fault
+
+    server = like(ttft=0.2, tps=100)
+    # Two 503s among the probe's calls (four of them at once): each call is tried again.
+    server.inject(Fault(kind="status", status=503, times=2))
+    async with backend(server) as b:
+        profile = await b.profile()
+    assert profile.source == "probed" and profile.parallel_gain is not None
+    assert server.stats()["statuses"].get("503") == 2
+    # A server that keeps failing: the probe's error itself, not an ExceptionGroup.
+    server = like(ttft=0.2, tps=100)
+    server.inject(Fault(kind="status", status=503, times=1000))
+    async with backend(server) as b:
+        with pytest.raises(ProviderError):
+            await b.profile()
