@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import anyio
 
 from ..errors import BackendError, BadRequestError
+from ..retry import RetryPolicy
 from .base import PARALLEL_CALLS, ServerProfile
 
 T = TypeVar("T")
@@ -147,20 +148,16 @@ async def _n(backend: OpenAIBackend, notes: list[str]) -> bool | None:
     return len(data.get("choices") or ()) >= 2
 
 
-PROBE_ATTEMPTS = 3
+# One unlucky reply (a 429, a 5xx, a broken stream) must not decide what the server
+# is: probe calls are retried as any call is, briefly.
+PROBE_RETRY = RetryPolicy(max_retries=2, initial_wait_s=0.25, max_wait_s=2.0)
 
 
 async def _retrying(call: Callable[[], Awaitable[T]]) -> T:
-    """One probe call, tried again after a transient fault (a 429, a 5xx, a broken
-    stream): the probe measures the server, and one unlucky reply must not decide it."""
-    for attempt in range(PROBE_ATTEMPTS):
-        try:
-            return await call()
-        except BackendError as exc:
-            if not exc.retryable or attempt == PROBE_ATTEMPTS - 1:
-                raise
-            await anyio.sleep(min(exc.retry_after or 0.25 * 2**attempt, 2.0))
-    raise AssertionError("unreachable")
+    async for attempt in PROBE_RETRY.retrying(None):
+        with attempt:
+            result = await call()
+    return result
 
 
 async def _parallel_gain(
