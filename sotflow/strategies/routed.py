@@ -21,7 +21,7 @@ from ..graph import Embed, Expand, Graph, NodeContext, Part, Result, Step
 from ..types import Decision
 from .base import BuildContext, Strategy
 from .direct import Direct
-from .skeleton import SkeletonOfThought, server_profile
+from .skeleton import SkeletonOfThought, server_profile, why_sot_is_slow
 
 __all__ = ["Routed"]
 
@@ -84,10 +84,10 @@ class Routed:
             profile = await server_profile(strategy.expand_backend or ctx.backend)
             gain = profile.parallel_gain if profile is not None else None
             needed = max(self.min_parallel_gain, (profile and profile.sot_min_gain) or 0.0)
-            if gain is not None and gain < needed:
+            if profile is not None and gain is not None and gain < needed:
                 why = (
-                    f"the backend runs (nearly) one call at a time (parallel gain "
-                    f"{gain:.2f}x), so {decision.strategy} would be slower; answered directly"
+                    f"{why_sot_is_slow(profile, needed)}, so {decision.strategy} would be "
+                    "slower; answered directly"
                 )
                 decision = decision.model_copy(
                     update={"strategy": "direct", "reason": f"{decision.reason}; but {why}"}

@@ -26,7 +26,7 @@ import os
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from ..backends.base import ServerProfile, check_backend
+from ..backends.base import SERIAL_GAIN, ServerProfile, check_backend
 from ..errors import BackendError, ConfigurationError, NoAnswerError
 from ..graph import Call, Expand, Graph, NodeContext, Outcome, Part, Result, Step, part_text
 from ..prompts import Prompts
@@ -37,7 +37,7 @@ from .outline import Outline, OutlinePoint, parse_outline
 if TYPE_CHECKING:
     from ..backends.base import Backend
 
-__all__ = ["SkeletonOfThought", "server_profile", "slow_server_warning"]
+__all__ = ["SkeletonOfThought", "server_profile", "slow_server_warning", "why_sot_is_slow"]
 
 # A point reads "i. Title - text": the text follows the dash after one space, whatever
 # whitespace (a stray line break) the model put first, and a point that came back empty
@@ -278,20 +278,28 @@ async def server_profile(backend: Backend) -> ServerProfile | None:
         return None
 
 
-def slow_server_warning(profile: ServerProfile, strategy: str) -> str:
+def why_sot_is_slow(profile: ServerProfile, needed: float | None = None) -> str:
+    """Why SoT's points cannot beat a direct answer on this backend: it runs calls one
+    at a time, or its parallel gain is below ``needed`` (default: the profile's own
+    ``sot_min_gain``)."""
     gain = profile.parallel_gain
-    if not profile.serialises:
+    if profile.serialises:
         return (
-            f"{strategy} will be slower than a direct answer here: batching its points "
-            f"gains {gain:.2f}x ({profile.source}), less than the {profile.sot_min_gain:.2f}x "
-            "it needs to pay for the skeleton and its extra tokens; use --strategy auto "
-            "(or direct) here"
+            f"the backend runs (nearly) one call at a time (parallel gain {gain:.2f}x, "
+            f"{profile.source}), so the points are written about one after another after "
+            "the skeleton"
         )
+    needed = needed if needed is not None else profile.sot_min_gain or SERIAL_GAIN
     return (
-        f"{strategy} will be slower than a direct answer here: the backend runs (nearly) "
-        f"one call at a time (parallel gain {gain:.2f}x, {profile.source}), so the points "
-        "are written about one after another after the skeleton; use --strategy auto (or "
-        "direct) here"
+        f"the backend's parallel gain {gain:.2f}x ({profile.source}) is less than the "
+        f"{needed:.2f}x SoT needs here to pay for its skeleton and its extra tokens"
+    )
+
+
+def slow_server_warning(profile: ServerProfile, strategy: str) -> str:
+    return (
+        f"{strategy} will be slower than a direct answer here: {why_sot_is_slow(profile)}; "
+        "use --strategy auto (or direct) here"
     )
 
 
