@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import statistics
 import sys
@@ -545,7 +546,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _unreachable_hint(args: argparse.Namespace, backend: Any) -> str:
-    url = getattr(backend, "base_url", None)
+    # Under --ray no backend lives in this process: the workers' URL is the same setting.
+    url = getattr(backend, "base_url", None) or args.base_url or os.environ.get("OPENAI_BASE_URL")
     source = "--base-url" if args.base_url else "OPENAI_BASE_URL"
     return (
         f"no server answered at {url} (from {source}). Check OPENAI_BASE_URL / --base-url "
